@@ -1,0 +1,195 @@
+//! Exact heap counters, kept per thread and summed on read.
+//!
+//! Each thread owns a [`CounterBlock`] and is its only writer: an allocation is a relaxed load
+//! and store to a cache line no other thread writes, never a read-modify-write on a shared line
+//! (which costs tens of nanoseconds under contention). [`stats`] sums every block ever created.
+//! Blocks outlive their threads: a block released at thread exit keeps its totals and is reused
+//! by the next new thread, so totals stay exact however many threads start and exit.
+
+use crate::internal_alloc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+/// One thread's running totals. 64-byte aligned so two threads never share a line.
+#[repr(align(64))]
+pub(crate) struct CounterBlock {
+    allocated_bytes: AtomicU64,
+    allocated_objects: AtomicU64,
+    freed_bytes: AtomicU64,
+    freed_objects: AtomicU64,
+    in_use: AtomicBool,
+    next: AtomicPtr<CounterBlock>,
+}
+
+/// Every block ever created, as a lock-free push-only list.
+static BLOCKS: AtomicPtr<CounterBlock> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Totals of threads that had no block: a thread's first moments before it has one, and
+/// allocations made while its thread-locals are being destroyed. Rare, so a shared atomic is fine.
+static ORPHAN: CounterBlock = CounterBlock::new();
+
+impl CounterBlock {
+    const fn new() -> Self {
+        CounterBlock {
+            allocated_bytes: AtomicU64::new(0),
+            allocated_objects: AtomicU64::new(0),
+            freed_bytes: AtomicU64::new(0),
+            freed_objects: AtomicU64::new(0),
+            in_use: AtomicBool::new(false),
+            next: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Records an allocation. Only the owning thread may call this.
+    #[inline(always)]
+    pub(crate) fn add_alloc(&self, bytes: usize) {
+        bump_owned(&self.allocated_bytes, bytes as u64);
+        bump_owned(&self.allocated_objects, 1);
+    }
+
+    /// Records a free. Only the owning thread may call this.
+    #[inline(always)]
+    pub(crate) fn add_free(&self, bytes: usize) {
+        bump_owned(&self.freed_bytes, bytes as u64);
+        bump_owned(&self.freed_objects, 1);
+    }
+
+    /// Takes back a free that did not happen (a failed `realloc`). Owner only.
+    pub(crate) fn undo_free(&self, bytes: usize) {
+        let drop_owned = |counter: &AtomicU64, by: u64| {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_sub(by),
+                Ordering::Relaxed,
+            )
+        };
+        drop_owned(&self.freed_bytes, bytes as u64);
+        drop_owned(&self.freed_objects, 1);
+    }
+}
+
+/// Load-add-store by the single writer: no lock prefix, no shared-line ping-pong.
+#[inline(always)]
+fn bump_owned(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+/// Records allocations of threads without a block, with real read-modify-writes.
+pub(crate) fn orphan_alloc(bytes: usize) {
+    ORPHAN
+        .allocated_bytes
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    ORPHAN.allocated_objects.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records frees of threads without a block.
+pub(crate) fn orphan_free(bytes: usize) {
+    ORPHAN
+        .freed_bytes
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    ORPHAN.freed_objects.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes back an orphan free that did not happen (a failed `realloc`).
+pub(crate) fn orphan_undo_free(bytes: usize) {
+    ORPHAN
+        .freed_bytes
+        .fetch_sub(bytes as u64, Ordering::Relaxed);
+    ORPHAN.freed_objects.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Claims a free block for the calling thread, or creates one. `None` only if the C heap is
+/// exhausted; the thread then counts through the orphan block.
+pub(crate) fn claim_block() -> Option<&'static CounterBlock> {
+    let mut cursor = BLOCKS.load(Ordering::Acquire);
+    while !cursor.is_null() {
+        // SAFETY: blocks are leaked on creation and never freed, so every pointer on the list
+        // stays valid for the life of the process.
+        let block = unsafe { &*cursor };
+        if block
+            .in_use
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(block);
+        }
+        cursor = block.next.load(Ordering::Acquire);
+    }
+    let block = internal_alloc::leak(CounterBlock::new())?;
+    block.in_use.store(true, Ordering::Relaxed);
+    let mut head = BLOCKS.load(Ordering::Acquire);
+    loop {
+        block.next.store(head, Ordering::Relaxed);
+        let fresh = block as *const CounterBlock as *mut CounterBlock;
+        match BLOCKS.compare_exchange_weak(head, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(block),
+            Err(current) => head = current,
+        }
+    }
+}
+
+/// Gives a block back at thread exit; its totals stay in the sum.
+pub(crate) fn release_block(block: &'static CounterBlock) {
+    block.in_use.store(false, Ordering::Release);
+}
+
+/// A point-in-time reading of the exact heap counters.
+///
+/// These are counted on every allocation, not sampled. `live_*` are what the process holds now;
+/// `allocated_*` and `freed_*` are totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes currently allocated (allocated minus freed), as requested by callers.
+    pub live_bytes: u64,
+    /// Blocks currently allocated.
+    pub live_objects: u64,
+    /// Bytes allocated since start, freed or not.
+    pub allocated_bytes: u64,
+    /// Blocks allocated since start, freed or not.
+    pub allocated_objects: u64,
+    /// Bytes freed since start.
+    pub freed_bytes: u64,
+    /// Blocks freed since start.
+    pub freed_objects: u64,
+}
+
+/// Reads the exact heap counters, summed over every thread that ever allocated.
+///
+/// Only allocations that went through [`Alloc`](crate::Alloc) are counted, so this reads zero
+/// unless heapwatch is the global allocator. A `realloc` counts as one free and one allocation.
+///
+/// ```
+/// let stats = heapwatch::stats();
+/// assert!(stats.allocated_bytes >= stats.live_bytes);
+/// ```
+pub fn stats() -> HeapStats {
+    let mut total = HeapStats::default();
+    let mut add = |block: &CounterBlock| {
+        total.allocated_bytes = total
+            .allocated_bytes
+            .wrapping_add(block.allocated_bytes.load(Ordering::Relaxed));
+        total.allocated_objects = total
+            .allocated_objects
+            .wrapping_add(block.allocated_objects.load(Ordering::Relaxed));
+        total.freed_bytes = total
+            .freed_bytes
+            .wrapping_add(block.freed_bytes.load(Ordering::Relaxed));
+        total.freed_objects = total
+            .freed_objects
+            .wrapping_add(block.freed_objects.load(Ordering::Relaxed));
+    };
+    add(&ORPHAN);
+    let mut cursor = BLOCKS.load(Ordering::Acquire);
+    while !cursor.is_null() {
+        // SAFETY: list blocks are leaked and never freed (see `claim_block`).
+        let block = unsafe { &*cursor };
+        add(block);
+        cursor = block.next.load(Ordering::Acquire);
+    }
+    // Frees on one thread of blocks allocated on another are read a moment apart, so a
+    // concurrent reading may briefly see more freed than allocated; clamp rather than wrap.
+    total.live_bytes = total.allocated_bytes.saturating_sub(total.freed_bytes);
+    total.live_objects = total.allocated_objects.saturating_sub(total.freed_objects);
+    total
+}

@@ -1,0 +1,85 @@
+//! # heapwatch
+//!
+//! A flight recorder for the heap. Installed as the `#[global_allocator]`, heapwatch counts
+//! every allocation exactly and samples a few with their stacks, so that at any moment it can
+//! say what holds the process's memory, and write it down as a pprof heap profile and a
+//! flamegraph before the kernel's OOM killer takes the evidence away.
+//!
+//! ## Quick start
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let profile = heapwatch::snapshot();
+//! heapwatch::encode::write_pprof(&profile, std::fs::File::create(std::env::temp_dir().join("heap.pb.gz"))?)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Over jemalloc (feature `jemalloc`, on by default):
+//! `static ALLOC: heapwatch::Alloc<heapwatch::Jemalloc> = heapwatch::Alloc::new(heapwatch::Jemalloc);`
+//!
+//! ## What is measured
+//!
+//! * **Exact counters** ([`stats`]): live bytes and blocks, and totals allocated and freed. Kept
+//!   per thread on cache lines no other thread writes, summed when read.
+//! * **Sampled stacks** ([`snapshot`]): allocations are sampled as a Poisson process over bytes
+//!   with mean `R` ([`set_sample_rate`], default 512 KiB, as Go and jemalloc). An allocation of
+//!   `s` bytes is sampled with probability `1 − e^(−s/R)`, and each sample is weighted by the
+//!   inverse of that probability ([`unbias_factor`]), so the profile's figures are unbiased
+//!   estimates of the truth, with a relative error of about `sqrt(R / bytes)` for a call site
+//!   holding `bytes` in small blocks.
+//! * A [`Profile`] has the four sample types pprof users expect: `alloc_objects` and
+//!   `alloc_space` (everything allocated since start, freed or not), `inuse_objects` and
+//!   `inuse_space` (what is live now: the usual question when memory runs out).
+//!
+//! ## Costs
+//!
+//! An unsampled allocation costs a thread-local countdown and two counter updates; an unsampled
+//! free costs one load from a 128 KiB filter of sampled addresses. Only sampled allocations
+//! (one per `R` bytes) capture a stack and take a lock. heapwatch's own memory (tables, stacks,
+//! symbol cache) comes from the C allocator directly and is reported by [`profiler_stats`]; it
+//! grows with the number of live samples and distinct stacks, not with the heap.
+//!
+//! Function names come from the ELF symbol table, resolved once per address and cached; full
+//! DWARF (file:line, inlined frames) is opt-in (feature `dwarf` and [`set_source_lines`])
+//! because it can take hundreds of MiB.
+//!
+//! ## Outputs
+//!
+//! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),
+//! folded stacks, a flamegraph SVG (feature `flamegraph`) and a text summary.
+
+#![warn(missing_docs)]
+
+mod alloc;
+mod counters;
+pub mod encode;
+mod filter;
+mod internal_alloc;
+mod profile;
+mod sampler;
+mod snapshot;
+mod stack;
+mod symbolize;
+mod table;
+mod thread_state;
+
+pub use crate::alloc::Alloc;
+pub use counters::{stats, HeapStats};
+pub use internal_alloc::profiler_bytes;
+pub use profile::{
+    FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType, UnknownSampleType,
+};
+pub use sampler::{
+    reseed_sampler, sample_rate, set_sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES,
+};
+pub use snapshot::{snapshot, OVERFLOW_FRAME};
+pub use stack::MAX_FRAMES;
+pub use symbolize::{set_source_lines, warm_symbol_cache};
+pub use table::{profiler_stats, ProfilerStats};
+
+/// jemalloc as an inner allocator: `heapwatch::Alloc<heapwatch::Jemalloc>`.
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;

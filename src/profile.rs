@@ -1,0 +1,277 @@
+//! A heap profile as plain data: what the snapshot builder produces and every encoder reads.
+//! Nothing here reaches back into the allocator.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The four sample types of a heap profile, in the order Go and pprof use.
+///
+/// `alloc_*` count everything allocated since start (freed or not); `inuse_*` count what is
+/// live now. `*_objects` count blocks, `*_space` count bytes. All are unbiased estimates scaled
+/// up from the samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SampleType {
+    /// Blocks allocated since start.
+    AllocObjects,
+    /// Bytes allocated since start.
+    AllocSpace,
+    /// Blocks live now.
+    InuseObjects,
+    /// Bytes live now: the usual question, "what holds my memory?".
+    InuseSpace,
+}
+
+impl SampleType {
+    /// All four, in profile order.
+    pub const ALL: [SampleType; 4] = [
+        SampleType::AllocObjects,
+        SampleType::AllocSpace,
+        SampleType::InuseObjects,
+        SampleType::InuseSpace,
+    ];
+
+    /// The pprof name (`inuse_space`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            SampleType::AllocObjects => "alloc_objects",
+            SampleType::AllocSpace => "alloc_space",
+            SampleType::InuseObjects => "inuse_objects",
+            SampleType::InuseSpace => "inuse_space",
+        }
+    }
+
+    /// The pprof unit: `count` or `bytes`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            SampleType::AllocObjects | SampleType::InuseObjects => "count",
+            SampleType::AllocSpace | SampleType::InuseSpace => "bytes",
+        }
+    }
+
+    /// Position in [`Sample::values`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for SampleType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A sample type name that is not one of the four.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown sample type {0:?}: expected inuse_space, inuse_objects, alloc_space or alloc_objects"
+)]
+pub struct UnknownSampleType(pub String);
+
+impl FromStr for SampleType {
+    type Err = UnknownSampleType;
+
+    /// ```
+    /// let t: heapwatch::SampleType = "inuse_space".parse().unwrap();
+    /// assert_eq!(t, heapwatch::SampleType::InuseSpace);
+    /// assert!("rss".parse::<heapwatch::SampleType>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SampleType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| UnknownSampleType(s.to_owned()))
+    }
+}
+
+/// A heap profile: samples by stack, the code locations they reference, and the loaded objects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// When the snapshot was taken, in nanoseconds since the Unix epoch.
+    pub time_nanos: i64,
+    /// The mean sampling interval in bytes the samples were taken at (0 if unknown).
+    pub sample_rate_bytes: u64,
+    /// One entry per distinct stack.
+    pub samples: Vec<Sample>,
+    /// Code locations, referenced by index from [`Sample::locations`].
+    pub locations: Vec<Location>,
+    /// Loaded objects (executable, libraries), referenced from [`Location::mapping`].
+    pub mappings: Vec<Mapping>,
+}
+
+/// The estimated totals of one stack.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Indexes into [`Profile::locations`], innermost (the allocating function) first.
+    pub locations: Vec<usize>,
+    /// Indexed by [`SampleType::index`]: alloc_objects, alloc_space, inuse_objects, inuse_space.
+    pub values: [i64; 4],
+}
+
+impl Sample {
+    /// The value of one sample type.
+    pub fn value(&self, sample_type: SampleType) -> i64 {
+        self.values[sample_type.index()]
+    }
+}
+
+/// One code address, with the function(s) it belongs to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Location {
+    /// The instruction address in this process (a return address minus one).
+    pub address: u64,
+    /// Index into [`Profile::mappings`], if the address lies in a known object.
+    pub mapping: Option<usize>,
+    /// Innermost first: more than one when functions were inlined here (DWARF only). Empty if
+    /// the address could not be named.
+    pub lines: Vec<Line>,
+}
+
+/// A function (and, with DWARF, a source position) at a location.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Line {
+    /// Demangled function name, without the hash suffix.
+    pub function: String,
+    /// Source file, when DWARF line info was used.
+    pub file: Option<String>,
+    /// Source line, 0 when unknown.
+    pub line: u32,
+}
+
+/// A loaded object file, as pprof describes it, so that tools can symbolize offline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mapping {
+    /// Start of its code in memory.
+    pub memory_start: u64,
+    /// End of its code in memory.
+    pub memory_limit: u64,
+    /// Offset in the file where the code starts.
+    pub file_offset: u64,
+    /// Path of the file.
+    pub path: String,
+    /// GNU build id, lower-case hex; empty if none.
+    pub build_id: String,
+}
+
+/// A function's share of one sample type, as `go tool pprof -top` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionTotal {
+    /// The function name.
+    pub function: String,
+    /// Attributed to stacks where this function is the innermost frame.
+    pub flat: i64,
+    /// Attributed to stacks where this function appears at all.
+    pub cum: i64,
+}
+
+impl Profile {
+    /// The sum of one sample type over all samples.
+    ///
+    /// ```
+    /// let profile = heapwatch::Profile::default();
+    /// assert_eq!(profile.total(heapwatch::SampleType::InuseSpace), 0);
+    /// ```
+    pub fn total(&self, sample_type: SampleType) -> i64 {
+        self.samples.iter().map(|s| s.value(sample_type)).sum()
+    }
+
+    /// The function names of a sample's stack, innermost first, inlined frames expanded.
+    /// Unnamed addresses read as `0x…`.
+    pub fn stack_names<'a>(&'a self, sample: &'a Sample) -> impl Iterator<Item = String> + 'a {
+        sample.locations.iter().flat_map(move |&index| {
+            let location = self.locations.get(index);
+            let names: Vec<String> = match location {
+                Some(location) if !location.lines.is_empty() => {
+                    location.lines.iter().map(|l| l.function.clone()).collect()
+                }
+                Some(location) => vec![format!("{:#x}", location.address)],
+                None => vec!["[unknown]".to_owned()],
+            };
+            names
+        })
+    }
+
+    /// Per function, the flat and cumulative totals of one sample type, largest flat first
+    /// (then largest cumulative, then name): the table `go tool pprof -top` prints.
+    pub fn top_functions(&self, sample_type: SampleType) -> Vec<FunctionTotal> {
+        let mut totals: std::collections::HashMap<String, (i64, i64)> = Default::default();
+        for sample in &self.samples {
+            let value = sample.value(sample_type);
+            if value == 0 {
+                continue;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (depth, name) in self.stack_names(sample).enumerate() {
+                let entry = totals.entry(name.clone()).or_default();
+                if depth == 0 {
+                    entry.0 += value;
+                }
+                if seen.insert(name) {
+                    entry.1 += value;
+                }
+            }
+        }
+        let mut list: Vec<FunctionTotal> = totals
+            .into_iter()
+            .map(|(function, (flat, cum))| FunctionTotal {
+                function,
+                flat,
+                cum,
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            b.flat
+                .cmp(&a.flat)
+                .then(b.cum.cmp(&a.cum))
+                .then_with(|| a.function.cmp(&b.function))
+        });
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(name: &str) -> Location {
+        Location {
+            lines: vec![Line {
+                function: name.to_owned(),
+                ..Line::default()
+            }],
+            ..Location::default()
+        }
+    }
+
+    #[test]
+    fn top_functions_count_flat_at_the_leaf_and_cum_once_per_stack() {
+        let profile = Profile {
+            locations: vec![
+                line("leaf_a"),
+                line("leaf_b"),
+                line("main"),
+                line("recurse"),
+            ],
+            samples: vec![
+                Sample {
+                    locations: vec![0, 3, 3, 2],
+                    values: [1, 100, 1, 100],
+                },
+                Sample {
+                    locations: vec![1, 2],
+                    values: [1, 30, 0, 0],
+                },
+            ],
+            ..Profile::default()
+        };
+        let top = profile.top_functions(SampleType::InuseSpace);
+        assert_eq!(top[0].function, "leaf_a");
+        assert_eq!((top[0].flat, top[0].cum), (100, 100));
+        let recurse = top.iter().find(|t| t.function == "recurse").unwrap();
+        assert_eq!((recurse.flat, recurse.cum), (0, 100));
+        assert!(top.iter().all(|t| t.function != "leaf_b"));
+        let alloc = profile.top_functions(SampleType::AllocSpace);
+        let main = alloc.iter().find(|t| t.function == "main").unwrap();
+        assert_eq!(main.cum, 130);
+        assert_eq!(profile.total(SampleType::AllocSpace), 130);
+    }
+}

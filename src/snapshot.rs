@@ -1,0 +1,162 @@
+//! Snapshot: copy the live-sample table, name its addresses, and build a [`Profile`].
+//!
+//! The table lock is held only for the copy (into profiler memory). Naming and building run
+//! unlocked, inside the profiler guard, so none of the snapshot's own allocations are sampled.
+
+use crate::profile::{Line, Location, Mapping, Profile, Sample};
+use crate::symbolize;
+use crate::table;
+use crate::thread_state::ProfilerGuard;
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Innermost frames that are the allocation machinery itself, not the code that asked for
+/// memory: heapwatch's sampled path, the unwinder, the allocator shims and `alloc`'s raw
+/// allocation helpers. They are cut from the leaf end of each stack so that the innermost
+/// frame is the caller that allocated (what `go tool pprof -top` should list first).
+const MACHINERY_PREFIXES: &[&str] = &[
+    "heapwatch::alloc::",
+    "<heapwatch::alloc::",
+    "heapwatch::thread_state::",
+    "heapwatch::stack::",
+    "heapwatch::table::",
+    "backtrace::",
+    "<backtrace::",
+    "_Unwind_",
+    "__rust_alloc",
+    "__rust_realloc",
+    "__rust_alloc_zeroed",
+    "__rustc::",
+    "__rg_",
+    "__rdl_",
+    "alloc::alloc::",
+    "<alloc::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
+    "core::alloc::",
+    "alloc::raw_vec::",
+    "<alloc::raw_vec::",
+];
+
+/// The name that stands for samples whose stacks did not fit in the stack table.
+pub const OVERFLOW_FRAME: &str = "[heapwatch: stack table full]";
+
+fn is_machinery(location: &Location) -> bool {
+    location.lines.first().is_some_and(|line| {
+        MACHINERY_PREFIXES
+            .iter()
+            .any(|prefix| line.function.starts_with(prefix))
+    })
+}
+
+/// Takes a heap profile of the sampled allocations: live (`inuse_*`) and since start
+/// (`alloc_*`), with function names.
+///
+/// The first call loads the symbol tables of the objects in the stacks; later calls reuse them
+/// (see [`warm_symbol_cache`](crate::warm_symbol_cache)).
+///
+/// ```
+/// let profile = heapwatch::snapshot();
+/// let live = profile.total(heapwatch::SampleType::InuseSpace);
+/// assert!(live >= 0);
+/// ```
+pub fn snapshot() -> Profile {
+    let _guard = ProfilerGuard::enter();
+    let time_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let mut profile = Profile {
+        time_nanos,
+        sample_rate_bytes: crate::sample_rate(),
+        ..Profile::default()
+    };
+    let Some(raw) = table::raw_snapshot() else {
+        return profile;
+    };
+
+    // One location per distinct address. Return addresses point after the call; minus one
+    // lands inside the call instruction, so it names the calling line.
+    let mut addresses: Vec<u64> = raw
+        .frames
+        .iter()
+        .map(|&ip| ip.saturating_sub(1) as u64)
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    let (modules, named) = symbolize::symbolize(&addresses);
+
+    let mut mapping_of_module = vec![None; modules.len()];
+    let mut location_of_address = HashMap::with_capacity(addresses.len());
+    for (address, frame) in addresses.iter().zip(named) {
+        let mapping = frame.module.map(|m| {
+            *mapping_of_module[m].get_or_insert_with(|| {
+                let module = &modules[m];
+                profile.mappings.push(Mapping {
+                    memory_start: module.start,
+                    memory_limit: module.limit,
+                    file_offset: module.file_offset,
+                    path: module.path.clone(),
+                    build_id: module.build_id.clone(),
+                });
+                profile.mappings.len() - 1
+            })
+        });
+        location_of_address.insert(*address, profile.locations.len());
+        profile.locations.push(Location {
+            address: *address,
+            mapping,
+            lines: frame
+                .lines
+                .into_iter()
+                .map(|(function, file, line)| Line {
+                    function,
+                    file,
+                    line,
+                })
+                .collect(),
+        });
+    }
+
+    let mut overflow_location = None;
+    for &(start, len, totals) in raw.stacks.iter() {
+        let frames = &raw.frames[start as usize..(start + len) as usize];
+        let mut locations: Vec<usize> = frames
+            .iter()
+            .filter_map(|&ip| {
+                location_of_address
+                    .get(&(ip.saturating_sub(1) as u64))
+                    .copied()
+            })
+            .collect();
+        let machinery = locations
+            .iter()
+            .take_while(|&&l| is_machinery(&profile.locations[l]))
+            .count();
+        if machinery < locations.len() {
+            locations.drain(..machinery);
+        }
+        if len == 0 && raw.overflowed {
+            let index = *overflow_location.get_or_insert_with(|| {
+                profile.locations.push(Location {
+                    lines: vec![Line {
+                        function: OVERFLOW_FRAME.to_owned(),
+                        ..Line::default()
+                    }],
+                    ..Location::default()
+                });
+                profile.locations.len() - 1
+            });
+            locations = vec![index];
+        }
+        profile.samples.push(Sample {
+            locations,
+            values: [
+                totals.alloc_objects.round() as i64,
+                totals.alloc_bytes.round() as i64,
+                totals.inuse_objects.round() as i64,
+                totals.inuse_bytes.round() as i64,
+            ],
+        });
+    }
+    profile
+}
