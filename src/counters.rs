@@ -193,3 +193,9 @@ pub fn stats() -> HeapStats {
     total.live_objects = total.allocated_objects.saturating_sub(total.freed_objects);
     total
 }
+/// Allocations counted without a thread's own block (before it had one, or after its exit hook
+/// ran). For tests that check the thread-exit path is really exercised.
+#[doc(hidden)]
+pub fn __orphan_allocated_objects() -> u64 {
+    ORPHAN.allocated_objects.load(Ordering::Relaxed)
+}

@@ -67,7 +67,7 @@ mod table;
 mod thread_state;
 
 pub use crate::alloc::Alloc;
-pub use counters::{stats, HeapStats};
+pub use counters::{__orphan_allocated_objects, stats, HeapStats};
 pub use internal_alloc::profiler_bytes;
 pub use profile::{
     FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType, UnknownSampleType,
