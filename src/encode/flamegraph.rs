@@ -74,7 +74,7 @@ mod tests {
         )
         .unwrap();
         let text = String::from_utf8(svg).unwrap();
-        roxmltree::Document::parse(&text).unwrap();
+        roxmltree::Document::parse(&text).expect("well-formed");
         assert!(text.contains("no inuse_space samples"));
     }
 }
