@@ -71,15 +71,13 @@ impl Errors {
 fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
     heapwatch::set_sample_rate(RATE);
     drop(heapwatch::snapshot());
-    let baseline_samples = heapwatch::profiler_stats().live_samples;
 
     let (to_freer, freer_inbox) = mpsc::channel::<Vec<Vec<u8>>>();
     let freer = std::thread::spawn(move || freer_inbox.into_iter().map(|v| v.len()).sum::<usize>());
 
-    let mut mixed_space = Errors(Vec::new());
-    let mut mixed_objects = Errors(Vec::new());
-    let mut grown_space = Errors(Vec::new());
-    let mut small_objects = Errors(Vec::new());
+    let errors = || Errors(Vec::with_capacity(TRIALS as usize));
+    let (mut mixed_space, mut mixed_objects) = (errors(), errors());
+    let (mut grown_space, mut small_objects) = (errors(), errors());
     let mut leftover_trials = 0;
 
     let live_mixed_bytes: usize = (0..MIXED_BLOCKS)
@@ -137,7 +135,12 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
 
         drop((kept, grown, small, profile));
         std::thread::sleep(std::time::Duration::from_millis(1));
-        if heapwatch::profiler_stats().live_samples != baseline_samples {
+        let after = heapwatch::snapshot();
+        let leftover: f64 = ["mixed_site", "grown_site", "small_site"]
+            .iter()
+            .map(|site| flat(&after, SampleType::InuseObjects, site))
+            .sum();
+        if leftover != 0.0 {
             leftover_trials += 1;
         }
     }
