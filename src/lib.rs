@@ -76,7 +76,7 @@ pub use sampler::{
     reseed_sampler, sample_rate, set_sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES,
 };
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
-pub use stack::MAX_FRAMES;
+pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};
 pub use symbolize::{set_source_lines, warm_symbol_cache};
 pub use table::{profiler_stats, ProfilerStats};
 

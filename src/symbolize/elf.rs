@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn names_a_function_of_this_binary() {
         let modules = super::super::modules::loaded_modules();
-        let addr = a_function_with_a_name as usize as u64 + 1;
+        let addr = a_function_with_a_name as *const () as usize as u64 + 1;
         let module = modules
             .iter()
             .find(|m| m.segment_of(addr).is_some())

@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn finds_this_test_binary_with_a_build_id() {
         let modules = loaded_modules();
-        let here = finds_this_test_binary_with_a_build_id as usize as u64;
+        let here = finds_this_test_binary_with_a_build_id as *const () as usize as u64;
         let main = modules
             .iter()
             .find(|m| m.segment_of(here).is_some())
