@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite: release mode (the accuracy and stress tests allocate gigabytes and millions of
+# blocks), all features, run twice — as built by default (stacks from the unwinder) and with
+# frame pointers (heapwatch's Auto capture switches to the frame-pointer walk) — plus lints.
+#
+# Needs Go for the real-client tests (`go tool pprof`); `.ci/run` installs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v go >/dev/null; then
+    echo "error: 'go' is not installed; the go tool pprof tests need it (Debian: apt-get install golang-go, or run .ci/run)" >&2
+    exit 1
+fi
+
+echo "== lints"
+cargo fmt --check
+cargo clippy --all-targets --all-features --quiet -- -D warnings
+cargo build --no-default-features --quiet
+
+echo "== tests, default build (stack capture: unwinder)"
+HEAPWATCH_EXPECT_FRAME_POINTERS=0 cargo test --release --all-features
+
+echo "== tests, built with frame pointers (stack capture: frame-pointer walk)"
+HEAPWATCH_EXPECT_FRAME_POINTERS=1 RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" \
+    cargo test --release --all-features --target-dir target/frame-pointers
+
+echo "== docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
