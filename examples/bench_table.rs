@@ -91,7 +91,7 @@ fn main() {
         )
     });
 
-    println!("| workload | System | hw off | hw 512k | ratio 512k/System | jemalloc | hw off | hw 512k | ratio 512k/jemalloc | added per op (jemalloc, 512k) |");
+    println!("| workload | System | hw off | hw 512k | ratio 512k/System | jemalloc | hw off | hw 512k | ratio 512k/jemalloc | added per pair (jemalloc, 512k) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for workload in workloads {
         let get = |config: &str| medians.get(&(workload.clone(), config.to_owned())).copied();
@@ -101,7 +101,7 @@ fn main() {
             _ => "–".to_owned(),
         };
         let added = match (get("heapwatch_jemalloc_512k"), get("jemalloc")) {
-            (Some(x), Some(y)) => format!("{:+.2} ns", x - y),
+            (Some(x), Some(y)) if workload.starts_with("pair") => format!("{:+.2} ns", x - y),
             _ => "–".to_owned(),
         };
         println!(

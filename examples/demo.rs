@@ -6,6 +6,9 @@
 //! go tool pprof -top heapwatch-out/heap.pb.gz
 //! ```
 
+// One allocation per block is the point: the boxes inside vectors are deliberate.
+#![allow(clippy::vec_box)]
+
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::PathBuf;

@@ -8,6 +8,9 @@
 //! equal the truth within four standard errors, and every sample must be gone once everything
 //! is freed.
 
+// One allocation per block is the point: the boxes inside vectors are deliberate.
+#![allow(clippy::vec_box)]
+
 use heapwatch::{Profile, SampleType};
 use std::sync::mpsc;
 

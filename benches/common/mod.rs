@@ -50,7 +50,7 @@ fn pairs_on_threads(threads: usize, iters: u64, layout: Layout) -> Duration {
 }
 
 /// A JSON document of about 200 KB: 1,000 records with strings, numbers and arrays.
-fn json_document() -> String {
+pub fn json_document() -> String {
     let mut text = String::from("[");
     for i in 0..1000 {
         if i > 0 {

@@ -86,6 +86,8 @@ unsafe extern "C" fn collect(
             .to_string_lossy()
             .into_owned()
     };
+    // `dlpi_addr` is 32 bits wide on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
     let bias = info.dlpi_addr as u64;
     let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
         &[]
