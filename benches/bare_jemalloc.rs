@@ -1,4 +1,4 @@
-//! The floor: bare `tikv_jemallocator::Jemalloc` as the global allocator.
+//! The floor every ratio is taken against: jemalloc with nothing around it.
 
 mod common;
 
@@ -6,7 +6,5 @@ mod common;
 static ALLOC: heapwatch::Jemalloc = heapwatch::Jemalloc;
 
 fn main() {
-    let mut c = common::criterion();
-    common::run(&mut c, "jemalloc");
-    c.final_summary();
+    common::main(&[common::Config::plain("jemalloc")]);
 }

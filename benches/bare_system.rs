@@ -1,4 +1,4 @@
-//! The floor: bare `std::alloc::System` as the global allocator.
+//! The floor: `System`, the C library's malloc, with nothing around it.
 
 mod common;
 
@@ -6,7 +6,5 @@ mod common;
 static ALLOC: std::alloc::System = std::alloc::System;
 
 fn main() {
-    let mut c = common::criterion();
-    common::run(&mut c, "system");
-    c.final_summary();
+    common::main(&[common::Config::plain("system")]);
 }

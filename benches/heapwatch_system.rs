@@ -1,15 +1,25 @@
-//! heapwatch over `System`, with stack sampling off and at the default 512 KiB.
+//! heapwatch over `System`: stack sampling off, at the default 512 KiB, and at 64 KiB.
 
 mod common;
+
+use common::Config;
 
 #[global_allocator]
 static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 
 fn main() {
-    let mut c = common::criterion();
-    heapwatch::set_sample_rate(0);
-    common::run(&mut c, "heapwatch_system_off");
-    heapwatch::set_sample_rate(heapwatch::DEFAULT_SAMPLE_RATE_BYTES);
-    common::run(&mut c, "heapwatch_system_512k");
-    c.final_summary();
+    common::main(&[
+        Config {
+            name: "heapwatch_system_off",
+            setup: || heapwatch::set_sample_rate(0),
+        },
+        Config {
+            name: "heapwatch_system_512k",
+            setup: || heapwatch::set_sample_rate(heapwatch::DEFAULT_SAMPLE_RATE_BYTES),
+        },
+        Config {
+            name: "heapwatch_system_64k",
+            setup: || heapwatch::set_sample_rate(64 << 10),
+        },
+    ]);
 }

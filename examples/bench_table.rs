@@ -1,6 +1,7 @@
-//! Prints the benchmark table from criterion's results: per workload, the median time of each
-//! allocator configuration (median over the rounds `scripts/bench.sh` ran), heapwatch's ratio to
-//! the bare allocator underneath it, and for alloc/free pairs the added nanoseconds.
+//! Prints the overhead tables from the results `scripts/bench.sh` collected: criterion's median
+//! time per workload and configuration (the median over the rounds), each configuration's ratio
+//! to bare jemalloc, the nanoseconds heapwatch adds per alloc/free pair over its own inner
+//! allocator, and the peak RSS of the realistic workloads.
 //!
 //! ```text
 //! cargo run --release --example bench_table -- target/bench-rounds
@@ -9,45 +10,65 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const CONFIGS: [&str; 6] = [
-    "system",
-    "heapwatch_system_off",
-    "heapwatch_system_512k",
+/// Configurations in table order: floors, heapwatch, then the peers.
+const CONFIGS: [&str; 12] = [
     "jemalloc",
+    "system",
     "heapwatch_jemalloc_off",
     "heapwatch_jemalloc_512k",
+    "heapwatch_jemalloc_64k",
+    "heapwatch_system_off",
+    "heapwatch_system_512k",
+    "heapwatch_system_64k",
+    "cap",
+    "jemalloc_prof",
+    "re_memory",
+    "dhat",
 ];
 
-/// Median of criterion's per-iteration median estimate, in nanoseconds, over every round.
-fn medians(rounds_dir: &Path) -> BTreeMap<(String, String), f64> {
+/// Workloads in column order.
+const WORKLOADS: [&str; 11] = [
+    "pair_16B_1t",
+    "pair_256B_1t",
+    "pair_4KiB_1t",
+    "pair_1MiB_1t",
+    "pair_16B_2t",
+    "pair_256B_2t",
+    "pair_4KiB_2t",
+    "pair_1MiB_2t",
+    "producer_consumer_64B",
+    "json_parse_drop",
+    "btreemap_build_sort_drop",
+];
+
+type Medians = BTreeMap<(String, String), f64>;
+
+/// Median over the rounds of criterion's per-iteration median estimate, in nanoseconds.
+fn medians(rounds_dir: &Path) -> Medians {
     let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     let rounds: Vec<PathBuf> = std::fs::read_dir(rounds_dir)
         .unwrap_or_else(|e| {
-            panic!(
+            eprintln!(
                 "cannot read {}: {e} (run scripts/bench.sh first)",
                 rounds_dir.display()
-            )
+            );
+            std::process::exit(1)
         })
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
         .collect();
     for round in rounds {
-        let Ok(groups) = std::fs::read_dir(&round) else {
-            continue;
-        };
-        for group in groups.flatten() {
-            for config in CONFIGS {
-                let file = group.path().join(config).join("new").join("estimates.json");
+        for workload in WORKLOADS {
+            for config in CONFIGS.iter() {
+                let file = round.join(workload).join(config).join("new/estimates.json");
                 let Ok(text) = std::fs::read_to_string(&file) else {
                     continue;
                 };
                 let json: serde_json::Value =
-                    serde_json::from_str(&text).expect("criterion estimates");
+                    serde_json::from_str(&text).expect("criterion estimates are JSON");
                 if let Some(median) = json["median"]["point_estimate"].as_f64() {
                     samples
-                        .entry((
-                            group.file_name().to_string_lossy().into_owned(),
-                            config.to_owned(),
-                        ))
+                        .entry((workload.to_owned(), (*config).to_owned()))
                         .or_default()
                         .push(median);
                 }
@@ -73,47 +94,111 @@ fn format_time(ns: f64) -> String {
     }
 }
 
+fn header(first: &str) {
+    println!("| {first} | {} |", WORKLOADS.join(" | "));
+    println!("|---|{}", "---:|".repeat(WORKLOADS.len()));
+}
+
+fn configs_present(medians: &Medians) -> Vec<&'static str> {
+    CONFIGS
+        .into_iter()
+        .filter(|c| medians.keys().any(|(_, config)| config == c))
+        .collect()
+}
+
+fn print_table(medians: &Medians, cell: impl Fn(&str, &str) -> Option<String>) {
+    header("configuration");
+    for config in configs_present(medians) {
+        let cells: Vec<String> = WORKLOADS
+            .iter()
+            .map(|w| cell(config, w).unwrap_or_else(|| "–".to_owned()))
+            .collect();
+        println!("| {config} | {} |", cells.join(" | "));
+    }
+    println!();
+}
+
+/// Peak RSS lines written by `scripts/bench.sh`: `configuration workload kib`.
+fn print_peak_rss(rounds_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(rounds_dir.join("peak_rss.txt")) else {
+        return;
+    };
+    let mut rows: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(config), Some(workload), Some(kib)) =
+            (fields.next(), fields.next(), fields.next())
+        {
+            if let Ok(kib) = kib.parse() {
+                rows.entry(config.to_owned())
+                    .or_default()
+                    .insert(workload.to_owned(), kib);
+            }
+        }
+    }
+    println!("Peak RSS (MiB) over 30 runs of each realistic workload, one process per cell:\n");
+    println!("| configuration | json_parse_drop | btreemap_build_sort_drop |");
+    println!("|---|---:|---:|");
+    for config in CONFIGS.iter().filter(|c| rows.contains_key(**c)) {
+        let row = &rows[*config];
+        let cell = |w: &str| {
+            row.get(w)
+                .map_or("–".to_owned(), |k| format!("{:.1}", *k as f64 / 1024.0))
+        };
+        println!(
+            "| {config} | {} | {} |",
+            cell("json_parse_drop"),
+            cell("btreemap_build_sort_drop")
+        );
+    }
+    println!();
+}
+
 fn main() {
-    let rounds_dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "target/bench-rounds".to_owned());
-    let medians = medians(Path::new(&rounds_dir));
-    let mut workloads: Vec<String> = medians.keys().map(|(w, _)| w.clone()).collect();
-    workloads.dedup();
-    workloads.sort_by_key(|w| {
-        (
-            !w.starts_with("pair"),
-            w.ends_with("2t"),
-            w.split('_')
-                .nth(1)
-                .and_then(|s| s.trim_end_matches('B').parse::<u32>().ok()),
-            w.clone(),
+    let rounds_dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "target/bench-rounds".to_owned()),
+    );
+    let medians = medians(&rounds_dir);
+    let get = |config: &str, workload: &str| {
+        medians
+            .get(&(workload.to_owned(), config.to_owned()))
+            .copied()
+    };
+
+    println!("Ratio to bare jemalloc (median time / jemalloc's median time in the same run):\n");
+    print_table(&medians, |config, workload| {
+        Some(format!(
+            "{:.3}×",
+            get(config, workload)? / get("jemalloc", workload)?
+        ))
+    });
+
+    println!("Median time per operation (a pair, a handed-off block, or one workload run):\n");
+    print_table(&medians, |config, workload| {
+        get(config, workload).map(format_time)
+    });
+
+    println!("Added per operation over the configuration's own inner allocator:\n");
+    print_table(&medians, |config, workload| {
+        let floor = if config.contains("system") || config == "dhat" {
+            "system"
+        } else {
+            "jemalloc"
+        };
+        if config == floor {
+            return None;
+        }
+        let added = get(config, workload)? - get(floor, workload)?;
+        Some(
+            if workload.starts_with("pair") || workload.starts_with("producer") {
+                format!("{added:+.2} ns")
+            } else {
+                format!("{:+.1} %", 100.0 * added / get(floor, workload)?)
+            },
         )
     });
 
-    println!("| workload | System | hw off | hw 512k | ratio 512k/System | jemalloc | hw off | hw 512k | ratio 512k/jemalloc | added per pair (jemalloc, 512k) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for workload in workloads {
-        let get = |config: &str| medians.get(&(workload.clone(), config.to_owned())).copied();
-        let cell = |config: &str| get(config).map_or("–".to_owned(), format_time);
-        let ratio = |a: &str, b: &str| match (get(a), get(b)) {
-            (Some(x), Some(y)) => format!("{:.3}×", x / y),
-            _ => "–".to_owned(),
-        };
-        let added = match (get("heapwatch_jemalloc_512k"), get("jemalloc")) {
-            (Some(x), Some(y)) if workload.starts_with("pair") => format!("{:+.2} ns", x - y),
-            _ => "–".to_owned(),
-        };
-        println!(
-            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {added} |",
-            cell("system"),
-            cell("heapwatch_system_off"),
-            cell("heapwatch_system_512k"),
-            ratio("heapwatch_system_512k", "system"),
-            cell("jemalloc"),
-            cell("heapwatch_jemalloc_off"),
-            cell("heapwatch_jemalloc_512k"),
-            ratio("heapwatch_jemalloc_512k", "jemalloc"),
-        );
-    }
+    print_peak_rss(&rounds_dir);
 }

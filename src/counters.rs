@@ -46,6 +46,14 @@ impl CounterBlock {
         bump_owned(&self.allocated_objects, 1);
     }
 
+    /// Bytes this block counted as allocated minus freed. Exact when read by the owner.
+    #[inline]
+    pub(crate) fn net_bytes(&self) -> i64 {
+        self.allocated_bytes
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.freed_bytes.load(Ordering::Relaxed)) as i64
+    }
+
     /// Records a free. Only the owning thread may call this.
     #[inline(always)]
     pub(crate) fn add_free(&self, bytes: usize) {

@@ -55,6 +55,7 @@
 
 mod alloc;
 mod counters;
+mod early_wake;
 pub mod encode;
 mod filter;
 mod internal_alloc;

@@ -11,12 +11,23 @@ use crate::counters::{self, CounterBlock};
 use crate::sampler;
 use std::cell::Cell;
 
+/// Longest run of allocation between two checkpoints of a thread, where it reports its net
+/// allocation to the early wake ([`crate::early_wake`]). A MiB keeps the report's cost (one
+/// shared atomic add) negligible and the watch's view of the heap within a MiB per thread.
+const CHECKPOINT_BYTES: i64 = 1 << 20;
+
 struct ThreadState {
     /// This thread's counter block; `None` before the first allocation and after exit.
     block: Cell<Option<&'static CounterBlock>>,
     /// Bytes to allocate before the next sample. Invariant: positive only while `block` is set,
     /// so the fast path needs no other check.
     bytes_until_sample: Cell<i64>,
+    /// The rest of the current sampling interval beyond the countdown: intervals are counted
+    /// down in chunks of at most [`CHECKPOINT_BYTES`], so the slow path runs at least that often
+    /// (a checkpoint) without changing when samples fall.
+    deferred: Cell<i64>,
+    /// The block's net bytes (allocated − freed) at the last checkpoint.
+    checkpointed_net: Cell<i64>,
     /// Set while heapwatch itself runs on this thread: nothing it allocates is sampled.
     in_profiler: Cell<bool>,
     /// Set once the thread's exit hook ran; later allocations count as orphans.
@@ -32,6 +43,8 @@ thread_local! {
         ThreadState {
             block: Cell::new(None),
             bytes_until_sample: Cell::new(0),
+            deferred: Cell::new(0),
+            checkpointed_net: Cell::new(0),
             in_profiler: Cell::new(false),
             exited: Cell::new(false),
             rng: Cell::new(1),
@@ -48,10 +61,12 @@ impl Drop for ExitHook {
     fn drop(&mut self) {
         let _ = STATE.try_with(|state| {
             if let Some(block) = state.block.take() {
+                checkpoint(state, block);
                 counters::release_block(block);
             }
             state.exited.set(true);
             state.bytes_until_sample.set(0);
+            state.deferred.set(0);
         });
     }
 }
@@ -125,6 +140,7 @@ fn record_alloc_slow(size: usize) -> Decision {
             return Decision::Skip;
         };
         block.add_alloc(size);
+        checkpoint(state, block);
 
         let mut left = state.bytes_until_sample.get().wrapping_sub(size as i64);
         let generation = sampler::generation();
@@ -134,17 +150,19 @@ fn record_alloc_slow(size: usize) -> Decision {
             let mut rng = sampler::new_thread_rng();
             left =
                 sampler::draw_interval(&mut rng, sampler::sample_rate()).wrapping_sub(size as i64);
+            state.deferred.set(0);
             state.rng.set(rng);
         }
+        // The countdown ran out, but the interval may go on beyond this chunk: continuing it
+        // (rather than drawing anew) keeps the intervals exactly exponential.
+        let left = left.wrapping_add(state.deferred.replace(0));
         if left > 0 {
-            state.bytes_until_sample.set(left);
+            count_down(state, left);
             return Decision::Skip;
         }
         let rate_bytes = sampler::sample_rate();
         let mut rng = state.rng.get();
-        state
-            .bytes_until_sample
-            .set(sampler::draw_interval(&mut rng, rate_bytes));
+        count_down(state, sampler::draw_interval(&mut rng, rate_bytes));
         state.rng.set(rng);
         if rate_bytes == 0 || state.in_profiler.get() {
             return Decision::Skip;
@@ -155,6 +173,20 @@ fn record_alloc_slow(size: usize) -> Decision {
         counters::orphan_alloc(size);
         Decision::Skip
     })
+}
+
+/// Arms the countdown for an interval of `bytes`, in chunks of at most [`CHECKPOINT_BYTES`].
+fn count_down(state: &ThreadState, bytes: i64) {
+    let chunk = bytes.min(CHECKPOINT_BYTES);
+    state.bytes_until_sample.set(chunk);
+    state.deferred.set(bytes - chunk);
+}
+
+/// Reports the thread's net allocation since its last checkpoint to the early wake.
+fn checkpoint(state: &ThreadState, block: &CounterBlock) {
+    let net = block.net_bytes();
+    let since = net.wrapping_sub(state.checkpointed_net.replace(net));
+    crate::early_wake::checkpoint(since);
 }
 
 #[cold]
@@ -182,6 +214,9 @@ fn block_for(state: &ThreadState) -> Option<&'static CounterBlock> {
     }
     let block = counters::claim_block()?;
     state.block.set(Some(block));
+    // A block handed back by an exited thread keeps its counts; only what this thread does
+    // from now on is news to the early wake.
+    state.checkpointed_net.set(block.net_bytes());
     // Arming the exit hook registers a TLS destructor, which may allocate (std's fallback
     // registry does); the guard keeps those allocations from sampling, and the block being set
     // keeps them off this path.
@@ -200,12 +235,12 @@ pub(crate) fn refresh_sampler() {
         let interval = sampler::draw_interval(&mut rng, sampler::sample_rate());
         state.rng.set(rng);
         // Keep the invariant: a positive countdown only with a block.
-        let countdown = if state.block.get().is_some() {
-            interval
+        if state.block.get().is_some() {
+            count_down(state, interval);
         } else {
-            0
-        };
-        state.bytes_until_sample.set(countdown);
+            state.bytes_until_sample.set(0);
+            state.deferred.set(0);
+        }
     });
 }
 

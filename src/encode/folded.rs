@@ -13,18 +13,40 @@ use std::io::{self, Write};
 /// }
 /// ```
 pub fn folded_lines(profile: &Profile, sample_type: SampleType) -> Vec<String> {
+    // Each location's frames, cleaned and root-first, once: stacks share most of their frames.
+    let frames: Vec<String> = profile
+        .locations
+        .iter()
+        .map(|location| {
+            if location.lines.is_empty() {
+                format!("{:#x}", location.address)
+            } else {
+                let mut names: Vec<String> =
+                    location.lines.iter().map(|l| clean(&l.function)).collect();
+                names.reverse();
+                names.join(";")
+            }
+        })
+        .collect();
     let mut lines = Vec::with_capacity(profile.samples.len());
     for sample in &profile.samples {
         let value = sample.value(sample_type);
         if value <= 0 {
             continue;
         }
-        let mut names: Vec<String> = profile.stack_names(sample).map(|n| clean(&n)).collect();
-        names.reverse();
-        if names.is_empty() {
-            names.push("[unknown]".to_owned());
+        let mut line = String::new();
+        for &index in sample.locations.iter().rev() {
+            if !line.is_empty() {
+                line.push(';');
+            }
+            line.push_str(frames.get(index).map_or("[unknown]", String::as_str));
         }
-        lines.push(format!("{} {}", names.join(";"), value));
+        if line.is_empty() {
+            line.push_str("[unknown]");
+        }
+        line.push(' ');
+        line.push_str(&value.to_string());
+        lines.push(line);
     }
     lines
 }

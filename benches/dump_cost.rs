@@ -1,0 +1,184 @@
+//! What a snapshot and a full dump set cost, with 1,000 and 10,000 distinct live stacks: the
+//! time (criterion) and the extra memory (the peak of the process's heap above where it stood,
+//! plus what heapwatch's own tables grew by), cold (first time: symbols resolved) and warm.
+//!
+//! A dump set is what heapwatch writes when memory runs short: the pprof profile, the
+//! flamegraph SVG and the summary, written to files.
+
+use criterion::Criterion;
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// heapwatch over jemalloc, inside a wrapper that tracks the heap's peak (shared atomics: fine
+/// for a measurement, not for production).
+struct PeakTracking<A> {
+    inner: A,
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+// SAFETY: forwards every call to `inner` unchanged; the counters around it do not allocate.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for PeakTracking<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract; passed on unchanged.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        if !ptr.is_null() {
+            let now = self.current.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        self.current.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller upholds `dealloc`'s contract; passed on unchanged.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: PeakTracking<heapwatch::Alloc<heapwatch::Jemalloc>> = PeakTracking {
+    inner: heapwatch::Alloc::new(heapwatch::Jemalloc),
+    current: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
+
+type Blocks = Vec<Box<[u8; 64]>>;
+
+// Two recursive functions that differ (so LLVM cannot merge them): the path's bits choose one
+// at each level, so each path is a distinct stack.
+#[inline(never)]
+fn left(depth: u32, path: u32, out: &mut Blocks) {
+    descend(depth, path, out);
+    black_box(1u8);
+}
+
+#[inline(never)]
+fn right(depth: u32, path: u32, out: &mut Blocks) {
+    descend(depth, path, out);
+    black_box(2u16);
+}
+
+#[inline(never)]
+fn descend(depth: u32, path: u32, out: &mut Blocks) {
+    if depth == 0 {
+        out.push(Box::new([path as u8; 64]));
+    } else if path & 1 == 0 {
+        left(depth - 1, path >> 1, out);
+    } else {
+        right(depth - 1, path >> 1, out);
+    }
+}
+
+/// Allocates one sampled block on each of `stacks` distinct stacks.
+fn make_stacks(stacks: u32) -> Blocks {
+    let mut blocks = Vec::with_capacity(stacks as usize);
+    heapwatch::set_sample_rate(1);
+    for path in 0..stacks {
+        descend(14, path, &mut blocks);
+    }
+    heapwatch::set_sample_rate(heapwatch::DEFAULT_SAMPLE_RATE_BYTES);
+    blocks
+}
+
+fn write_dump_set(dir: &Path) -> std::io::Result<()> {
+    let profile = heapwatch::snapshot();
+    let create = |name: &str| std::fs::File::create(dir.join(name)).map(BufWriter::new);
+    heapwatch::encode::write_pprof(&profile, create("heap.pb.gz")?)?;
+    heapwatch::encode::write_flamegraph(
+        &profile,
+        heapwatch::SampleType::InuseSpace,
+        "heap",
+        create("heap.svg")?,
+    )?;
+    heapwatch::encode::write_top_text(&profile, 20, create("summary.txt")?)
+}
+
+/// Runs `f` once; returns its time and the extra memory it took.
+fn measure(f: impl FnOnce()) -> (Duration, usize) {
+    let heap_before = ALLOC.current.load(Ordering::Relaxed);
+    ALLOC.peak.store(heap_before, Ordering::Relaxed);
+    let own_before = heapwatch::profiler_bytes();
+    let start = Instant::now();
+    f();
+    let elapsed = start.elapsed();
+    let heap_peak = ALLOC.peak.load(Ordering::Relaxed);
+    let own_growth = heapwatch::profiler_bytes().saturating_sub(own_before);
+    (elapsed, heap_peak - heap_before + own_growth)
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+        .configure_from_args();
+    let dir = std::env::temp_dir().join(format!("heapwatch-dump-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+
+    let mut rows = Vec::new();
+    for stacks in [1_000u32, 10_000] {
+        let blocks = make_stacks(stacks);
+        let distinct = heapwatch::profiler_stats().stacks;
+        let (cold_time, cold_memory) = measure(|| write_dump_set(&dir).expect("dump written"));
+        let (snapshot_time, snapshot_memory) = measure(|| drop(black_box(heapwatch::snapshot())));
+        let (warm_time, warm_memory) = measure(|| write_dump_set(&dir).expect("dump written"));
+        rows.push(format!(
+            "| {stacks} | {distinct} | {:.1} ms, {:.1} MiB | {:.1} ms, {:.1} MiB | {:.1} ms, {:.1} MiB |",
+            snapshot_time.as_secs_f64() * 1e3,
+            snapshot_memory as f64 / (1 << 20) as f64,
+            cold_time.as_secs_f64() * 1e3,
+            cold_memory as f64 / (1 << 20) as f64,
+            warm_time.as_secs_f64() * 1e3,
+            warm_memory as f64 / (1 << 20) as f64,
+        ));
+
+        c.bench_function(&format!("snapshot_{stacks}_stacks"), |b| {
+            b.iter(|| black_box(heapwatch::snapshot()))
+        });
+        c.bench_function(&format!("dump_set_{stacks}_stacks"), |b| {
+            b.iter(|| write_dump_set(&dir).expect("dump written"))
+        });
+        let profile = heapwatch::snapshot();
+        c.bench_function(&format!("encode_pprof_{stacks}_stacks"), |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                heapwatch::encode::write_pprof(&profile, &mut out).expect("in memory");
+                out
+            })
+        });
+        c.bench_function(&format!("encode_flamegraph_{stacks}_stacks"), |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                heapwatch::encode::write_flamegraph(
+                    &profile,
+                    heapwatch::SampleType::InuseSpace,
+                    "heap",
+                    &mut out,
+                )
+                .expect("in memory");
+                out
+            })
+        });
+        c.bench_function(&format!("encode_summary_{stacks}_stacks"), |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                heapwatch::encode::write_top_text(&profile, 20, &mut out).expect("in memory");
+                out
+            })
+        });
+        drop(blocks);
+    }
+    c.final_summary();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("| stacks made | distinct stacks in the table | snapshot (warm) | dump set, first (symbols cold) | dump set, warm |");
+    println!("|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+}
