@@ -3,13 +3,12 @@
 //! plus what heapwatch's own tables grew by), cold (first time: symbols resolved) and warm.
 //!
 //! A dump set is what heapwatch writes when memory runs short: the pprof profile, the
-//! flamegraph SVG and the summary, written to files.
+//! flamegraph SVG and the JSON summary, written to files by the watch thread (asked for with
+//! `dump_now`; the time includes the hand-off to that thread).
 
 use criterion::Criterion;
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
-use std::io::BufWriter;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -85,17 +84,22 @@ fn make_stacks(stacks: u32) -> Blocks {
     blocks
 }
 
-fn write_dump_set(dir: &Path) -> std::io::Result<()> {
-    let profile = heapwatch::snapshot();
-    let create = |name: &str| std::fs::File::create(dir.join(name)).map(BufWriter::new);
-    heapwatch::encode::write_pprof(&profile, create("heap.pb.gz")?)?;
-    heapwatch::encode::write_flamegraph(
-        &profile,
-        heapwatch::SampleType::InuseSpace,
-        "heap",
-        create("heap.svg")?,
-    )?;
-    heapwatch::encode::write_top_text(&profile, 20, create("summary.txt")?)
+fn dumps_written() -> u64 {
+    heapwatch::watch::dumps_written()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Asks the watch thread for a dump set (pprof, flamegraph, JSON summary written to files)
+/// and waits until it is on disk.
+fn write_dump_set(watch: &heapwatch::watch::WatchHandle) {
+    let before = dumps_written();
+    watch.dump_now();
+    while dumps_written() == before {
+        assert_eq!(heapwatch::watch::dump_errors(), 0, "dump failed");
+        std::hint::spin_loop();
+    }
 }
 
 /// Runs `f` once; returns its time and the extra memory it took.
@@ -118,15 +122,21 @@ fn main() {
         .sample_size(20)
         .configure_from_args();
     let dir = std::env::temp_dir().join(format!("heapwatch-dump-cost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let watch = heapwatch::watch::Watch::builder()
+        .dir(&dir)
+        .tick(Duration::from_secs(3600))
+        .min_interval(Duration::ZERO)
+        .keep(2)
+        .start()
+        .expect("start the watch");
 
     let mut rows = Vec::new();
     for stacks in [1_000u32, 10_000] {
         let blocks = make_stacks(stacks);
         let distinct = heapwatch::profiler_stats().stacks;
-        let (cold_time, cold_memory) = measure(|| write_dump_set(&dir).expect("dump written"));
+        let (cold_time, cold_memory) = measure(|| write_dump_set(&watch));
         let (snapshot_time, snapshot_memory) = measure(|| drop(black_box(heapwatch::snapshot())));
-        let (warm_time, warm_memory) = measure(|| write_dump_set(&dir).expect("dump written"));
+        let (warm_time, warm_memory) = measure(|| write_dump_set(&watch));
         rows.push(format!(
             "| {stacks} | {distinct} | {:.1} ms, {:.1} MiB | {:.1} ms, {:.1} MiB | {:.1} ms, {:.1} MiB |",
             snapshot_time.as_secs_f64() * 1e3,
@@ -141,7 +151,7 @@ fn main() {
             b.iter(|| black_box(heapwatch::snapshot()))
         });
         c.bench_function(&format!("dump_set_{stacks}_stacks"), |b| {
-            b.iter(|| write_dump_set(&dir).expect("dump written"))
+            b.iter(|| write_dump_set(&watch))
         });
         let profile = heapwatch::snapshot();
         c.bench_function(&format!("encode_pprof_{stacks}_stacks"), |b| {
@@ -174,6 +184,7 @@ fn main() {
         drop(blocks);
     }
     c.final_summary();
+    drop(watch);
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("| stacks made | distinct stacks in the table | snapshot (warm) | dump set, first (symbols cold) | dump set, warm |");

@@ -66,6 +66,7 @@ mod stack;
 mod symbolize;
 mod table;
 mod thread_state;
+pub mod watch;
 
 pub use crate::alloc::Alloc;
 pub use counters::{__orphan_allocated_objects, stats, HeapStats};

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Innermost frames that are the allocation machinery itself, not the code that asked for
-/// memory: heapwatch's sampled path, the unwinder, the allocator shims and `alloc`'s raw
-/// allocation helpers. They are cut from the leaf end of each stack so that the innermost
-/// frame is the caller that allocated (what `go tool pprof -top` should list first).
+/// memory: heapwatch's sampled path, the unwinder, the allocator shims, and the standard
+/// library's collections and helpers (`Vec::with_capacity`, `vec![x; n]`, `String::push_str`,
+/// `Box::new`, std's `HashMap` over hashbrown…). They are cut from the leaf end of each stack
+/// so that the innermost frame is the program's own code that allocated — what
+/// `go tool pprof -top` should list first, as Go's profiles list the caller of `make`.
 const MACHINERY_PREFIXES: &[&str] = &[
     "heapwatch::alloc::",
     "<heapwatch::alloc::",
@@ -41,12 +43,35 @@ const MACHINERY_PREFIXES: &[&str] = &[
 /// The name that stands for samples whose stacks did not fit in the stack table.
 pub const OVERFLOW_FRAME: &str = "[heapwatch: stack table full]";
 
+/// Crates of the standard library (and the hash table under std's `HashMap`).
+const STD_CRATES: &[&str] = &["alloc::", "core::", "std::", "hashbrown::"];
+
 fn is_machinery(location: &Location) -> bool {
-    location.lines.first().is_some_and(|line| {
-        MACHINERY_PREFIXES
-            .iter()
-            .any(|prefix| line.function.starts_with(prefix))
+    // The outermost function at the address: inlined callers of std code are the program's.
+    location.lines.last().is_some_and(|line| {
+        let name = line.function.as_str();
+        MACHINERY_PREFIXES.iter().any(|p| name.starts_with(p)) || is_std_function(name)
     })
+}
+
+/// `alloc::vec::Vec<T>::push`, `<alloc::string::String as core::fmt::Write>::write_str`, or
+/// `<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem` (a std trait on a primitive
+/// or generic type) — but not `<myapp::Cache as core::clone::Clone>::clone`, whose code is the
+/// program's.
+fn is_std_function(name: &str) -> bool {
+    let is_std_path = |path: &str| STD_CRATES.iter().any(|c| path.starts_with(c));
+    let Some(qualified) = name.strip_prefix('<') else {
+        return is_std_path(name);
+    };
+    let Some((self_type, rest)) = qualified.split_once(" as ") else {
+        return is_std_path(qualified);
+    };
+    let self_type = self_type.trim_start_matches(['&', '*', '[', '(']);
+    let self_type = self_type
+        .strip_prefix("mut ")
+        .or_else(|| self_type.strip_prefix("const "))
+        .unwrap_or(self_type);
+    is_std_path(self_type) || (!self_type.contains("::") && is_std_path(rest))
 }
 
 /// Takes a heap profile of the sampled allocations: live (`inuse_*`) and since start
@@ -159,4 +184,33 @@ pub fn snapshot() -> Profile {
         });
     }
     profile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_std_function;
+
+    #[test]
+    fn std_frames_are_told_from_the_program() {
+        for std in [
+            "alloc::vec::Vec<T,A>::with_capacity",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "<alloc::string::String as core::fmt::Write>::write_str",
+            "<&mut [u8] as core::fmt::Debug>::fmt",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "std::collections::hash::map::HashMap<K,V,S>::insert",
+            "<T as alloc::borrow::ToOwned>::to_owned",
+        ] {
+            assert!(is_std_function(std), "{std}");
+        }
+        for program in [
+            "leaky_service::leak_session_cache",
+            "<myapp::Cache as core::clone::Clone>::clone",
+            "<core_utils::Thing as myapp::Make>::make",
+            "allocator::pool::grow",
+            "main",
+        ] {
+            assert!(!is_std_function(program), "{program}");
+        }
+    }
 }

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
+use common::pprof_top;
 use std::sync::OnceLock;
 
 const SITES: [&str; 3] = [
@@ -25,22 +28,7 @@ const TRUTH_OBJECTS: [f64; 3] = [16384.0, 167772.0, 8.0];
 fn demo_output() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let profile_dir = std::env::current_exe()
-            .expect("test binary path")
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile directory")
-            .to_path_buf();
-        let demo = profile_dir.join("examples").join("demo");
-        if !demo.exists() {
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--example", "demo"]);
-            if profile_dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo to build the demo");
-            assert!(status.success(), "building the demo failed");
-        }
+        let demo = common::example_binary("demo");
         let out = std::env::temp_dir().join(format!("heapwatch-demo-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let run = Command::new(&demo)
@@ -62,41 +50,6 @@ fn demo_output() -> &'static Path {
         }
         out
     })
-}
-
-/// `go tool pprof -top` as (function, flat) rows, in its order.
-fn pprof_top(profile: &Path, sample_index: &str) -> Vec<(String, i64)> {
-    let mut command = Command::new("go");
-    command.args([
-        "tool",
-        "pprof",
-        "-top",
-        "-nodefraction=0",
-        "-nodecount=1000",
-    ]);
-    command.arg(format!("-sample_index={sample_index}"));
-    if sample_index.ends_with("space") {
-        command.arg("-unit=B");
-    }
-    command.arg(profile);
-    let output = command.output().unwrap_or_else(|e| {
-        panic!("`go tool pprof` could not be run ({e}): install Go (Debian package golang-go); this test does not pass without it")
-    });
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "go tool pprof failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text.lines()
-        .skip_while(|line| !line.trim_start().starts_with("flat"))
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flat = fields.first()?.trim_end_matches('B').parse().ok()?;
-            Some((fields[5..].join(" "), flat))
-        })
-        .collect()
 }
 
 /// Our own reading of the file: flat value per leaf function, for one sample index.

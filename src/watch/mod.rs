@@ -1,0 +1,610 @@
+//! The watch: one background thread that reads the heap counters and the container's memory
+//! every tick, and writes a dump set — pprof profile, flamegraph, JSON summary — before the
+//! limit is reached: at thresholds of the limit, when the trend predicts the limit within a
+//! horizon, and on request. At start it reports the newest dump set an earlier instance left.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
+//!
+//! // Settings in code; HEAPWATCH_* variables in the environment override them.
+//! let _watch = heapwatch::watch::Watch::builder()
+//!     .dir("/var/run/heapwatch")
+//!     .start()
+//!     .expect("one watch per process");
+//! // … the service runs; dropping the handle stops the thread.
+//! ```
+
+mod cgroup;
+mod config;
+mod dump;
+mod previous;
+mod summary;
+mod trend;
+mod triggers;
+
+pub use cgroup::{machine_memory, Cgroup, CgroupReading, CgroupVersion};
+pub use config::{
+    parse_bytes, parse_duration, parse_thresholds, WatchConfig, DEFAULT_DIR, DEFAULT_HORIZON,
+    DEFAULT_KEEP, DEFAULT_THRESHOLDS, DEFAULT_TICK,
+};
+pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
+pub use previous::previous_dump_report;
+pub use summary::{DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT};
+pub use trend::{seconds_to_limit, theil_sen_slope};
+pub use triggers::Reason;
+
+use crate::early_wake as wake;
+use dump::DumpWriter;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use triggers::{Observation, Triggers};
+
+/// How much of the series a summary carries, and the trend can look back on.
+const SERIES_SPAN: Duration = Duration::from_secs(600);
+/// Most points the trend's pairwise slopes are computed over (evenly thinned beyond).
+const TREND_MAX_POINTS: usize = 120;
+/// Call sites listed in a summary.
+const TOP_SITES: usize = 10;
+/// How often the symbol cache is brought up to date, so a dump near the limit finds names
+/// resolved.
+const WARM_SYMBOLS_EVERY: Duration = Duration::from_secs(10);
+
+/// Tick used for a while after an early wake.
+const FOLLOW_UP_TICK: Duration = Duration::from_millis(50);
+/// How long the short tick lasts after an early wake.
+const FOLLOW_UP_SPAN: Duration = Duration::from_secs(3);
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+/// A pending request: 0 none, 1 API, 2 SIGUSR1.
+static REQUEST: AtomicU8 = AtomicU8::new(0);
+static DUMPS_WRITTEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static DUMP_ERRORS: AtomicU64 = AtomicU64::new(0);
+static LAST: Mutex<Option<WatchReading>> = Mutex::new(None);
+
+/// Starts the watch. See [`WatchBuilder`].
+#[derive(Debug)]
+pub struct Watch;
+
+impl Watch {
+    /// A builder with the defaults: dump directory `./heapwatch-dumps`, thresholds 80/90/95 %,
+    /// tick 1 s, 5 sets kept, horizon 60 s, limit from the cgroup.
+    pub fn builder() -> WatchBuilder {
+        WatchBuilder {
+            config: WatchConfig::default(),
+        }
+    }
+}
+
+/// Settings for the watch thread; `HEAPWATCH_*` environment variables override them at
+/// [`start`](WatchBuilder::start).
+#[derive(Debug, Clone)]
+pub struct WatchBuilder {
+    config: WatchConfig,
+}
+
+impl WatchBuilder {
+    /// Where dump sets are written (`HEAPWATCH_DIR`). Created if missing.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.dir = dir.into();
+        self
+    }
+    /// A limit in bytes to use where no cgroup sets one (`HEAPWATCH_LIMIT`).
+    pub fn limit(mut self, bytes: u64) -> Self {
+        self.config.limit = Some(bytes);
+        self
+    }
+    /// Fractions of the limit to dump at (`HEAPWATCH_THRESHOLDS`); each in (0, 1].
+    pub fn thresholds(mut self, fractions: &[f64]) -> Self {
+        let mut t: Vec<f64> = fractions
+            .iter()
+            .copied()
+            .filter(|f| *f > 0.0 && *f <= 1.0)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t.dedup();
+        self.config.thresholds = t;
+        self
+    }
+    /// How often to read the heap and the cgroup (`HEAPWATCH_TICK`).
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.config.tick = tick.max(Duration::from_millis(10));
+        self
+    }
+    /// The sampling rate to set (`HEAPWATCH_SAMPLE_RATE`); see [`crate::set_sample_rate`].
+    pub fn sample_rate(mut self, bytes: u64) -> Self {
+        self.config.sample_rate = Some(bytes);
+        self
+    }
+    /// How many dump sets the directory keeps (`HEAPWATCH_KEEP`).
+    pub fn keep(mut self, sets: usize) -> Self {
+        self.config.keep = sets.max(1);
+        self
+    }
+    /// Dump when the trend predicts the limit within this time (`HEAPWATCH_HORIZON`).
+    pub fn horizon(mut self, horizon: Duration) -> Self {
+        self.config.horizon = horizon;
+        self
+    }
+    /// Shortest time between two dumps; a threshold higher than the last dump's is exempt.
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.config.min_interval = interval;
+        self
+    }
+    /// Holds `bytes` of memory and releases it just before a dump, for headroom.
+    pub fn reserve(mut self, bytes: usize) -> Self {
+        self.config.reserve_bytes = bytes;
+        self
+    }
+    /// Dumps on SIGUSR1 (the handler only sets a flag and wakes the watch thread).
+    pub fn dump_on_sigusr1(mut self, on: bool) -> Self {
+        self.config.on_sigusr1 = on;
+        self
+    }
+    /// Reads this cgroup instead of the process's own (tests, unusual layouts).
+    pub fn cgroup(mut self, cgroup: Cgroup) -> Self {
+        self.config.cgroup = Some(cgroup);
+        self
+    }
+
+    /// The configuration `start` would run with, after the environment's overrides.
+    pub fn resolved(&self) -> WatchConfig {
+        let mut config = self.config.clone();
+        config.apply_env(|name| std::env::var(name).ok());
+        config
+    }
+
+    /// Applies the environment and starts the watch thread. With `HEAPWATCH=off` nothing is
+    /// started and the handle is inert.
+    ///
+    /// # Errors
+    /// [`WatchError::AlreadyRunning`] if a watch is running in this process;
+    /// [`WatchError::Spawn`] if the thread could not be started.
+    pub fn start(self) -> Result<WatchHandle, WatchError> {
+        let config = self.resolved();
+        if !config.enabled {
+            tracing::info!("heapwatch: HEAPWATCH=off, not watching");
+            return Ok(WatchHandle { thread: None });
+        }
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return Err(WatchError::AlreadyRunning);
+        }
+        if let Some(rate) = config.sample_rate {
+            crate::set_sample_rate(rate);
+        }
+        if config.on_sigusr1 {
+            install_sigusr1();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("heapwatch".to_owned())
+            .spawn(move || Watcher::new(config).run(&thread_stop));
+        match spawned {
+            Ok(join) => Ok(WatchHandle {
+                thread: Some((join, stop)),
+            }),
+            Err(e) => {
+                RUNNING.store(false, Ordering::Release);
+                Err(WatchError::Spawn(e))
+            }
+        }
+    }
+}
+
+/// Why the watch did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// One watch per process: a handle to a running one exists.
+    #[error("a heapwatch watch is already running in this process")]
+    AlreadyRunning,
+    /// The thread could not be spawned.
+    #[error("cannot start the heapwatch thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// The running watch. Dropping it stops the thread (after a dump in progress completes).
+#[derive(Debug)]
+pub struct WatchHandle {
+    thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+impl WatchHandle {
+    /// Asks for a dump set now (rate-limited like every trigger); returns at once.
+    pub fn dump_now(&self) {
+        REQUEST.store(1, Ordering::Release);
+        wake::wake();
+    }
+
+    /// Whether a watch thread is running behind this handle (`false` with `HEAPWATCH=off`).
+    pub fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        if let Some((join, stop)) = self.thread.take() {
+            stop.store(true, Ordering::Release);
+            wake::wake();
+            let _ = join.join();
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The watch's latest reading and its counts, for metrics and reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WatchReading {
+    /// When it was taken (milliseconds since the Unix epoch).
+    pub unix_ms: u64,
+    /// The limit in bytes, if any.
+    pub limit_bytes: Option<u64>,
+    /// Usage (cgroup, or the process's RSS without one).
+    pub usage_bytes: Option<u64>,
+    /// Working set.
+    pub working_set_bytes: Option<u64>,
+    /// Growth of the working set, bytes per second (robust slope over the trend window).
+    pub slope_bytes_per_second: Option<f64>,
+    /// Predicted seconds to the limit at that slope.
+    pub eta_seconds: Option<f64>,
+}
+
+/// Dumps written since start, by reason kind.
+pub fn dumps_written() -> [(&'static str, u64); 4] {
+    ["threshold", "eta", "on_demand", "signal"].map(|kind| {
+        (
+            kind,
+            DUMPS_WRITTEN[reason_index(kind)].load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Dump sets that could not be written since start.
+pub fn dump_errors() -> u64 {
+    DUMP_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The watch thread's latest reading; `None` before its first tick.
+pub fn last_reading() -> Option<WatchReading> {
+    LAST.lock().ok()?.clone()
+}
+
+fn reason_index(kind: &str) -> usize {
+    match kind {
+        "threshold" => 0,
+        "eta" => 1,
+        "on_demand" => 2,
+        _ => 3,
+    }
+}
+
+fn install_sigusr1() {
+    extern "C" fn on_sigusr1(_: libc::c_int) {
+        REQUEST.store(2, Ordering::Release);
+        wake::wake();
+    }
+    // SAFETY: installs a handler that only stores to an atomic and makes a futex syscall, both
+    // async-signal-safe; the sigaction struct is zeroed and then filled as the ABI requires.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
+            tracing::warn!("heapwatch: cannot install the SIGUSR1 handler");
+        }
+    }
+}
+
+/// Memory charged to the process and where its limit comes from.
+struct Memory {
+    limit: Option<u64>,
+    limit_source: &'static str,
+    usage: Option<u64>,
+    working_set: Option<u64>,
+    oom_kills: Option<u64>,
+}
+
+/// The watch thread's state.
+struct Watcher {
+    config: WatchConfig,
+    cgroup: Option<Cgroup>,
+    machine_memory: Option<u64>,
+    writer: DumpWriter,
+    triggers: Triggers,
+    series: VecDeque<SeriesPoint>,
+    reserve: Vec<u8>,
+    last_warm: Option<Instant>,
+}
+
+impl Watcher {
+    fn new(config: WatchConfig) -> Self {
+        let cgroup = config.cgroup.clone().or_else(Cgroup::of_this_process);
+        Watcher {
+            cgroup,
+            machine_memory: machine_memory(),
+            writer: DumpWriter::new(config.dir.clone(), config.keep),
+            triggers: Triggers::new(
+                &config.thresholds,
+                config.hysteresis,
+                config.horizon,
+                config.min_interval,
+            ),
+            series: VecDeque::new(),
+            reserve: Vec::new(),
+            last_warm: None,
+            config,
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let _guard = crate::thread_state::ProfilerGuard::enter();
+        if let Err(e) = std::fs::create_dir_all(self.writer.dir()) {
+            tracing::error!(dir = %self.writer.dir().display(), error = %e,
+                "heapwatch: cannot create the dump directory; dumps will fail until it exists");
+        }
+        self.writer.prune();
+        let memory = self.memory();
+        previous::report_previous(self.writer.dir(), self.cgroup.as_ref(), memory.oom_kills);
+        tracing::info!(
+            dir = %self.writer.dir().display(),
+            limit = memory.limit,
+            limit_source = memory.limit_source,
+            thresholds = ?self.config.thresholds,
+            "heapwatch: watching"
+        );
+        self.take_reserve();
+        // After an early wake, memory the heap just took is often not resident yet (a buffer
+        // is allocated, then filled): look again at a short interval for a while, so the
+        // working set is seen when it catches up rather than a whole tick later.
+        let mut follow_up_until: Option<Instant> = None;
+        while !stop.load(Ordering::Acquire) {
+            self.tick();
+            let now = Instant::now();
+            let interval = match follow_up_until {
+                Some(until) if now < until => self.config.tick.min(FOLLOW_UP_TICK),
+                _ => self.config.tick,
+            };
+            if wake::sleep(interval) {
+                follow_up_until = Some(Instant::now() + FOLLOW_UP_SPAN);
+            }
+        }
+        wake::disarm();
+    }
+
+    fn memory(&self) -> Memory {
+        if let Some(cgroup) = &self.cgroup {
+            let reading = cgroup.read(self.machine_memory);
+            if let (Some(limit), Some(_)) = (reading.limit, reading.usage) {
+                return Memory {
+                    limit: Some(limit),
+                    limit_source: match cgroup.version {
+                        CgroupVersion::V2 => "cgroup v2",
+                        CgroupVersion::V1 => "cgroup v1",
+                    },
+                    usage: reading.usage,
+                    working_set: reading.working_set(),
+                    oom_kills: reading.oom_kills,
+                };
+            }
+        }
+        // Without a cgroup limit, a configured one stands in, measured against the process's
+        // own resident memory: an unlimited cgroup is often shared (a whole VM or session),
+        // so its usage is not this process's.
+        let rss = process_rss();
+        Memory {
+            limit: self.config.limit,
+            limit_source: if self.config.limit.is_some() {
+                "configured"
+            } else {
+                "none"
+            },
+            usage: rss,
+            working_set: rss,
+            oom_kills: None,
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let unix_ms = unix_ms();
+        let stats = crate::stats();
+        let memory = self.memory();
+        self.series.push_back(SeriesPoint {
+            unix_ms,
+            heap_live_bytes: stats.live_bytes,
+            usage_bytes: memory.usage,
+            working_set_bytes: memory.working_set,
+            limit_bytes: memory.limit,
+        });
+        while self
+            .series
+            .front()
+            .is_some_and(|p| unix_ms.saturating_sub(p.unix_ms) > SERIES_SPAN.as_millis() as u64)
+        {
+            self.series.pop_front();
+        }
+
+        let slope = self.slope(unix_ms);
+        let eta = match (memory.limit, memory.working_set, slope) {
+            (Some(limit), Some(ws), Some(slope)) => {
+                seconds_to_limit(ws as f64, limit as f64, slope)
+            }
+            _ => None,
+        };
+        let fraction = match (memory.limit, memory.working_set) {
+            (Some(limit), Some(ws)) if limit > 0 => Some(ws as f64 / limit as f64),
+            _ => None,
+        };
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some(WatchReading {
+                unix_ms,
+                limit_bytes: memory.limit,
+                usage_bytes: memory.usage,
+                working_set_bytes: memory.working_set,
+                slope_bytes_per_second: slope,
+                eta_seconds: eta,
+            });
+        }
+
+        let requested = match REQUEST.load(Ordering::Acquire) {
+            1 => Some(Reason::OnDemand),
+            2 => Some(Reason::Signal),
+            _ => None,
+        };
+        let seen = Observation {
+            fraction,
+            eta_seconds: eta,
+        };
+        let was_requested = requested.is_some();
+        if let Some(reason) = self.triggers.evaluate(now, seen, requested) {
+            REQUEST.store(0, Ordering::Release);
+            self.dump(&reason, &memory, fraction);
+            self.triggers.dumped(now);
+        } else if was_requested && !self.triggers.rate_limited(now) {
+            REQUEST.store(0, Ordering::Release);
+        }
+
+        if fraction.is_none_or(|f| {
+            f < self.config.thresholds.first().copied().unwrap_or(1.0) - self.config.hysteresis
+        }) {
+            self.take_reserve();
+        }
+        // Armed before the slower work below, so a spike during it still wakes us.
+        self.arm_early_wake(stats.live_bytes, &memory);
+        if self
+            .last_warm
+            .is_none_or(|t| now.duration_since(t) >= WARM_SYMBOLS_EVERY)
+        {
+            crate::warm_symbol_cache();
+            self.last_warm = Some(now);
+        }
+    }
+
+    /// Robust growth of the working set over the trend window, bytes per second.
+    fn slope(&self, unix_ms: u64) -> Option<f64> {
+        let window_ms = self.config.trend_window.as_millis() as u64;
+        let points: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .filter(|p| unix_ms.saturating_sub(p.unix_ms) <= window_ms)
+            .filter_map(|p| Some((p.unix_ms as f64 / 1000.0, p.working_set_bytes? as f64)))
+            .collect();
+        if points.len() < 5 {
+            return None;
+        }
+        let step = points.len().div_ceil(TREND_MAX_POINTS);
+        let thinned: Vec<(f64, f64)> = points.into_iter().step_by(step).collect();
+        theil_sen_slope(&thinned)
+    }
+
+    /// Wakes this thread early when the heap grows by what separates the working set from the
+    /// next threshold.
+    fn arm_early_wake(&self, live_heap: u64, memory: &Memory) {
+        match (
+            memory.limit,
+            memory.working_set,
+            self.triggers.next_threshold(),
+        ) {
+            (Some(limit), Some(ws), Some(threshold)) => {
+                let target_ws = (threshold * limit as f64) as u64;
+                wake::arm(live_heap, live_heap + target_ws.saturating_sub(ws));
+            }
+            _ => wake::disarm(),
+        }
+    }
+
+    fn take_reserve(&mut self) {
+        if self.config.reserve_bytes > 0 && self.reserve.is_empty() {
+            // Written, not just reserved, so the pages are resident and count in the usage
+            // they will give back.
+            self.reserve = vec![0xa5; self.config.reserve_bytes];
+        }
+    }
+
+    fn dump(&mut self, reason: &Reason, memory: &Memory, fraction: Option<f64>) {
+        self.reserve = Vec::new();
+        let unix_ms = unix_ms();
+        let stem = self.writer.next_stem(unix_ms, &reason.slug());
+        let profile = crate::snapshot();
+        let mut summary = DumpSummary {
+            format: SUMMARY_FORMAT.to_owned(),
+            reason: reason.kind().to_owned(),
+            reason_detail: reason.describe(),
+            threshold: match reason {
+                Reason::Threshold { threshold } => Some(*threshold),
+                _ => None,
+            },
+            eta_seconds: match reason {
+                Reason::Eta { seconds } => Some(*seconds),
+                _ => None,
+            },
+            time: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms))
+                .to_string(),
+            unix_ms,
+            pid: std::process::id(),
+            program: program_name(),
+            limit_bytes: memory.limit,
+            limit_source: memory.limit_source.to_owned(),
+            usage_bytes: memory.usage,
+            working_set_bytes: memory.working_set,
+            usage_fraction: fraction,
+            oom_kills: memory.oom_kills,
+            heap: crate::stats().into(),
+            profiler_bytes: crate::profiler_stats().profiler_bytes,
+            sample_rate_bytes: crate::sample_rate(),
+            top_sites: summary::top_sites(&profile, TOP_SITES),
+            series: self.series.iter().copied().collect(),
+            files: DumpFiles::default(),
+        };
+        match self.writer.write(&stem, &profile, &mut summary) {
+            Ok(set) => {
+                DUMPS_WRITTEN[reason_index(reason.kind())].fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    reason = reason.kind(),
+                    detail = %summary.reason_detail,
+                    profile = %set.profile().display(),
+                    top_site = summary.top_sites.first().map(|s| s.function.as_str()).unwrap_or("-"),
+                    "heapwatch: dump written"
+                );
+            }
+            Err(e) => {
+                DUMP_ERRORS.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    reason = reason.kind(),
+                    dir = %self.writer.dir().display(),
+                    error = %e,
+                    "heapwatch: dump failed; nothing was left behind"
+                );
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// The process's resident set size, from `/proc/self/statm`.
+fn process_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}

@@ -1,0 +1,137 @@
+//! The JSON summary of a dump set: why and when it was written, the memory against the limit,
+//! the heap counters, the top call sites, and the recent series — what an on-call engineer
+//! reads first, and what the next instance reports at start-up.
+
+use serde::{Deserialize, Serialize};
+
+/// The `format` field of every summary this version writes.
+pub const SUMMARY_FORMAT: &str = "heapwatch-dump/1";
+
+/// The `.json` file of a dump set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DumpSummary {
+    /// Always [`SUMMARY_FORMAT`].
+    pub format: String,
+    /// `threshold`, `eta`, `on_demand` or `signal`.
+    pub reason: String,
+    /// The reason in words.
+    pub reason_detail: String,
+    /// For `threshold`: the fraction of the limit crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// For `eta`: the predicted seconds to the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+    /// When the dump was taken, RFC 3339 in UTC.
+    pub time: String,
+    /// The same instant, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// The program's name (`argv[0]`'s file name).
+    pub program: String,
+    /// The memory limit in bytes, if any.
+    pub limit_bytes: Option<u64>,
+    /// Where the limit came from: `cgroup v2`, `cgroup v1`, `configured` or `none`.
+    pub limit_source: String,
+    /// Memory charged to the cgroup (or the process's RSS without one).
+    pub usage_bytes: Option<u64>,
+    /// The working set (usage − inactive file), the figure the limit is enforced on.
+    pub working_set_bytes: Option<u64>,
+    /// `working_set_bytes / limit_bytes`.
+    pub usage_fraction: Option<f64>,
+    /// OOM kills the cgroup had counted when the dump was written.
+    pub oom_kills: Option<u64>,
+    /// The exact heap counters.
+    pub heap: HeapCounters,
+    /// heapwatch's own memory (tables, stacks, symbols).
+    pub profiler_bytes: u64,
+    /// The sampling rate the profile was taken at (mean bytes between samples).
+    pub sample_rate_bytes: u64,
+    /// Call sites holding the most live memory (innermost frame), largest first.
+    pub top_sites: Vec<TopSite>,
+    /// The recent series, oldest first.
+    pub series: Vec<SeriesPoint>,
+    /// The other files of the set (names within the same directory).
+    pub files: DumpFiles,
+}
+
+/// The exact heap counters at the time of the dump.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeapCounters {
+    /// Live bytes.
+    pub live_bytes: u64,
+    /// Live blocks.
+    pub live_objects: u64,
+    /// Bytes allocated since start.
+    pub allocated_bytes: u64,
+    /// Blocks allocated since start.
+    pub allocated_objects: u64,
+}
+
+impl From<crate::HeapStats> for HeapCounters {
+    fn from(stats: crate::HeapStats) -> Self {
+        HeapCounters {
+            live_bytes: stats.live_bytes,
+            live_objects: stats.live_objects,
+            allocated_bytes: stats.allocated_bytes,
+            allocated_objects: stats.allocated_objects,
+        }
+    }
+}
+
+/// One call site of the profile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopSite {
+    /// The function (innermost frame after the allocator's own).
+    pub function: String,
+    /// Estimated live bytes allocated directly by it.
+    pub inuse_bytes: i64,
+    /// Estimated live bytes allocated by it or anything it called.
+    pub inuse_bytes_cum: i64,
+    /// Share of the profile's live bytes (flat).
+    pub share: f64,
+}
+
+/// One tick of the series.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeriesPoint {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Exact live heap bytes.
+    pub heap_live_bytes: u64,
+    /// Usage (cgroup, or RSS without one).
+    pub usage_bytes: Option<u64>,
+    /// Working set.
+    pub working_set_bytes: Option<u64>,
+    /// The limit.
+    pub limit_bytes: Option<u64>,
+}
+
+/// File names of a dump set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpFiles {
+    /// The pprof heap profile (`.pb.gz`).
+    pub profile: String,
+    /// The flamegraph of live bytes (`.svg`).
+    pub flamegraph: String,
+    /// This summary (`.json`).
+    pub summary: String,
+}
+
+/// The top sites of a profile by live bytes.
+pub(crate) fn top_sites(profile: &crate::Profile, count: usize) -> Vec<TopSite> {
+    let total = profile.total(crate::SampleType::InuseSpace).max(1) as f64;
+    profile
+        .top_functions(crate::SampleType::InuseSpace)
+        .into_iter()
+        .filter(|f| f.flat > 0)
+        .take(count)
+        .map(|f| TopSite {
+            share: f.flat as f64 / total,
+            function: f.function,
+            inuse_bytes: f.flat,
+            inuse_bytes_cum: f.cum,
+        })
+        .collect()
+}
