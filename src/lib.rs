@@ -55,10 +55,14 @@
 
 mod alloc;
 mod counters;
+pub mod detect;
 mod early_wake;
 pub mod encode;
 mod filter;
 mod internal_alloc;
+#[cfg(feature = "jemalloc")]
+mod jemalloc_stats;
+pub mod leak_check;
 mod profile;
 mod sampler;
 mod snapshot;
@@ -71,6 +75,8 @@ pub mod watch;
 pub use crate::alloc::Alloc;
 pub use counters::{__orphan_allocated_objects, stats, HeapStats};
 pub use internal_alloc::profiler_bytes;
+#[cfg(feature = "jemalloc")]
+pub use jemalloc_stats::{jemalloc_stats, JemallocStats};
 pub use profile::{
     FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType, UnknownSampleType,
 };

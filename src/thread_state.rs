@@ -268,3 +268,12 @@ impl Drop for ProfilerGuard {
         let _ = STATE.try_with(|state| state.in_profiler.set(false));
     }
 }
+
+/// Bytes the calling thread allocated minus the bytes it freed (through its counter block);
+/// `None` before its first allocation or after its exit.
+pub(crate) fn thread_net_bytes() -> Option<i64> {
+    STATE
+        .try_with(|state| state.block.get().map(CounterBlock::net_bytes))
+        .ok()
+        .flatten()
+}

@@ -48,6 +48,12 @@ pub struct WatchConfig {
     pub on_sigusr1: bool,
     /// Read this cgroup directory instead of discovering the process's own (tests).
     pub cgroup: Option<crate::watch::Cgroup>,
+    /// The leak detector's settings.
+    pub detector: crate::detect::DetectorConfig,
+    /// How often a profile snapshot is kept for the leak suspects.
+    pub suspect_interval: Duration,
+    /// How long after start the baseline for the differential flamegraph is taken.
+    pub warmup: Duration,
 }
 
 impl Default for WatchConfig {
@@ -67,6 +73,9 @@ impl Default for WatchConfig {
             reserve_bytes: 0,
             on_sigusr1: false,
             cgroup: None,
+            detector: crate::detect::DetectorConfig::default(),
+            suspect_interval: Duration::from_secs(60),
+            warmup: Duration::from_secs(60),
         }
     }
 }

@@ -38,6 +38,10 @@ impl DumpSet {
     pub fn summary(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.stem))
     }
+    /// The differential flamegraph's path (leak dumps only).
+    pub fn diff_flamegraph(&self) -> PathBuf {
+        self.dir.join(format!("{}.diff.svg", self.stem))
+    }
 }
 
 /// Writes dump sets into one directory, reusing its buffers.
@@ -91,6 +95,7 @@ impl DumpWriter {
         stem: &str,
         profile: &Profile,
         summary: &mut DumpSummary,
+        diff_svg: Option<&[u8]>,
     ) -> io::Result<DumpSet> {
         let set = DumpSet {
             dir: self.dir.clone(),
@@ -100,6 +105,7 @@ impl DumpWriter {
             profile: file_name(&set.profile()),
             flamegraph: file_name(&set.flamegraph()),
             summary: file_name(&set.summary()),
+            diff_flamegraph: diff_svg.map(|_| file_name(&set.diff_flamegraph())),
         };
 
         self.profile_buffer.clear();
@@ -109,11 +115,16 @@ impl DumpWriter {
         self.json_buffer.clear();
         serde_json::to_writer_pretty(&mut self.json_buffer, summary).map_err(io::Error::other)?;
 
-        let files = [
+        let diff_path = set.diff_flamegraph();
+        let mut files: Vec<(PathBuf, &[u8])> = vec![
             (set.profile(), &self.profile_buffer),
             (set.flamegraph(), &self.svg_buffer),
-            (set.summary(), &self.json_buffer),
         ];
+        if let Some(diff) = diff_svg {
+            files.push((diff_path, diff));
+        }
+        // The summary last: its presence means the set is complete.
+        files.push((set.summary(), &self.json_buffer));
         let mut written: Vec<&Path> = Vec::new();
         let mut renamed: Vec<&Path> = Vec::new();
         let result = (|| {
@@ -150,7 +161,12 @@ impl DumpWriter {
         let sets = list_sets(&self.dir);
         let excess = sets.len().saturating_sub(self.keep);
         for set in &sets[..excess] {
-            for path in [set.profile(), set.flamegraph(), set.summary()] {
+            for path in [
+                set.profile(),
+                set.flamegraph(),
+                set.diff_flamegraph(),
+                set.summary(),
+            ] {
                 let _ = fs::remove_file(path);
             }
         }
@@ -272,7 +288,7 @@ mod tests {
                 reason: "on_demand".into(),
                 ..DumpSummary::default()
             };
-            let set = writer.write(&stem, &profile(), &mut summary).unwrap();
+            let set = writer.write(&stem, &profile(), &mut summary, None).unwrap();
             assert_eq!(
                 read_summary(&set).unwrap().files.profile,
                 format!("{stem}.pb.gz")
@@ -297,7 +313,7 @@ mod tests {
         let mut writer = DumpWriter::new(missing.clone(), 2);
         let stem = writer.next_stem(0, "signal");
         assert!(writer
-            .write(&stem, &profile(), &mut DumpSummary::default())
+            .write(&stem, &profile(), &mut DumpSummary::default(), None)
             .is_err());
         assert!(!missing.exists());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);

@@ -31,9 +31,11 @@ pub use config::{
 pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
 pub use previous::previous_dump_report;
 pub use summary::{DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT};
+pub(crate) use trend::median as median_of;
 pub use trend::{seconds_to_limit, theil_sen_slope};
 pub use triggers::Reason;
 
+use crate::detect::{Detector, SuspectTracker, VerdictKind};
 use crate::early_wake as wake;
 use dump::DumpWriter;
 use std::collections::VecDeque;
@@ -62,7 +64,7 @@ const FOLLOW_UP_SPAN: Duration = Duration::from_secs(3);
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// A pending request: 0 none, 1 API, 2 SIGUSR1.
 static REQUEST: AtomicU8 = AtomicU8::new(0);
-static DUMPS_WRITTEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static DUMPS_WRITTEN: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static DUMP_ERRORS: AtomicU64 = AtomicU64::new(0);
 static LAST: Mutex<Option<WatchReading>> = Mutex::new(None);
 
@@ -143,6 +145,22 @@ impl WatchBuilder {
     /// Dumps on SIGUSR1 (the handler only sets a flag and wakes the watch thread).
     pub fn dump_on_sigusr1(mut self, on: bool) -> Self {
         self.config.on_sigusr1 = on;
+        self
+    }
+    /// The leak detector's settings (window, floor window, significance…).
+    pub fn detector(mut self, config: crate::detect::DetectorConfig) -> Self {
+        self.config.detector = config;
+        self
+    }
+    /// How often a profile snapshot is kept to find the growing call sites (default 60 s).
+    pub fn suspect_interval(mut self, interval: Duration) -> Self {
+        self.config.suspect_interval = interval.max(Duration::from_millis(100));
+        self
+    }
+    /// How long after start the baseline of the differential flamegraph is taken (default
+    /// 60 s, so start-up allocations are not counted as growth).
+    pub fn warmup(mut self, warmup: Duration) -> Self {
+        self.config.warmup = warmup;
         self
     }
     /// Reads this cgroup instead of the process's own (tests, unusual layouts).
@@ -255,8 +273,8 @@ pub struct WatchReading {
 }
 
 /// Dumps written since start, by reason kind.
-pub fn dumps_written() -> [(&'static str, u64); 4] {
-    ["threshold", "eta", "on_demand", "signal"].map(|kind| {
+pub fn dumps_written() -> [(&'static str, u64); 5] {
+    ["threshold", "eta", "on_demand", "signal", "leak"].map(|kind| {
         (
             kind,
             DUMPS_WRITTEN[reason_index(kind)].load(Ordering::Relaxed),
@@ -279,7 +297,8 @@ fn reason_index(kind: &str) -> usize {
         "threshold" => 0,
         "eta" => 1,
         "on_demand" => 2,
-        _ => 3,
+        "signal" => 3,
+        _ => 4,
     }
 }
 
@@ -320,6 +339,12 @@ struct Watcher {
     series: VecDeque<SeriesPoint>,
     reserve: Vec<u8>,
     last_warm: Option<Instant>,
+    detector: Detector,
+    suspects: SuspectTracker,
+    started: Instant,
+    last_suspect_snapshot: Option<Instant>,
+    /// A leak verdict waiting for its dump (held back by the rate limit).
+    leak_dump_pending: bool,
 }
 
 impl Watcher {
@@ -338,6 +363,11 @@ impl Watcher {
             series: VecDeque::new(),
             reserve: Vec::new(),
             last_warm: None,
+            detector: Detector::new(config.detector.clone()),
+            suspects: SuspectTracker::default(),
+            started: Instant::now(),
+            last_suspect_snapshot: None,
+            leak_dump_pending: false,
             config,
         }
     }
@@ -430,6 +460,27 @@ impl Watcher {
             self.series.pop_front();
         }
 
+        self.detector.push(crate::detect::Point::reading(
+            unix_ms,
+            stats.live_bytes,
+            memory.working_set,
+            crate::detect::resident_bytes(),
+        ));
+        let previous = self.detector.verdict().kind;
+        let verdict = self.detector.evaluate(memory.limit).clone();
+        if verdict.kind != previous {
+            report_verdict_change(previous, &verdict);
+            if verdict.kind == VerdictKind::Leak {
+                self.leak_dump_pending = true;
+            }
+        }
+        self.observe_suspects(now, unix_ms);
+        crate::detect::publish(crate::detect::DetectorReport {
+            verdict,
+            suspects: self.suspects.suspects(),
+            baseline_unix_ms: self.suspects.baseline_unix_ms(),
+        });
+
         let slope = self.slope(unix_ms);
         let eta = match (memory.limit, memory.working_set, slope) {
             (Some(limit), Some(ws), Some(slope)) => {
@@ -455,19 +506,20 @@ impl Watcher {
         let requested = match REQUEST.load(Ordering::Acquire) {
             1 => Some(Reason::OnDemand),
             2 => Some(Reason::Signal),
+            _ if self.leak_dump_pending => Some(Reason::Leak),
             _ => None,
         };
         let seen = Observation {
             fraction,
             eta_seconds: eta,
         };
-        let was_requested = requested.is_some();
         if let Some(reason) = self.triggers.evaluate(now, seen, requested) {
             REQUEST.store(0, Ordering::Release);
+            if reason == Reason::Leak {
+                self.leak_dump_pending = false;
+            }
             self.dump(&reason, &memory, fraction);
             self.triggers.dumped(now);
-        } else if was_requested && !self.triggers.rate_limited(now) {
-            REQUEST.store(0, Ordering::Release);
         }
 
         if fraction.is_none_or(|f| {
@@ -519,6 +571,20 @@ impl Watcher {
         }
     }
 
+    /// Keeps a profile snapshot for the suspects every `suspect_interval` after warm-up.
+    fn observe_suspects(&mut self, now: Instant, unix_ms: u64) {
+        if now.duration_since(self.started) < self.config.warmup {
+            return;
+        }
+        let due = self
+            .last_suspect_snapshot
+            .is_none_or(|t| now.duration_since(t) >= self.config.suspect_interval);
+        if due {
+            self.suspects.observe(unix_ms, &crate::snapshot());
+            self.last_suspect_snapshot = Some(now);
+        }
+    }
+
     fn take_reserve(&mut self) {
         if self.config.reserve_bytes > 0 && self.reserve.is_empty() {
             // Written, not just reserved, so the pages are resident and count in the usage
@@ -560,9 +626,21 @@ impl Watcher {
             sample_rate_bytes: crate::sample_rate(),
             top_sites: summary::top_sites(&profile, TOP_SITES),
             series: self.series.iter().copied().collect(),
+            verdict: Some(self.detector.verdict().clone()),
+            suspects: self.suspects.suspects(),
             files: DumpFiles::default(),
         };
-        match self.writer.write(&stem, &profile, &mut summary) {
+        let diff_svg = (*reason == Reason::Leak).then(|| {
+            let mut svg = Vec::new();
+            if let Err(e) = self.suspects.write_diff_flamegraph(&profile, &mut svg) {
+                tracing::warn!(error = %e, "heapwatch: cannot draw the differential flamegraph");
+            }
+            svg
+        });
+        match self
+            .writer
+            .write(&stem, &profile, &mut summary, diff_svg.as_deref())
+        {
             Ok(set) => {
                 DUMPS_WRITTEN[reason_index(reason.kind())].fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -586,6 +664,37 @@ impl Watcher {
     }
 }
 
+/// Every verdict change is an event; the ones that call for action are warnings.
+fn report_verdict_change(previous: VerdictKind, verdict: &crate::detect::Verdict) {
+    let suspects = crate::detect::latest()
+        .map(|r| r.suspects)
+        .unwrap_or_default();
+    let top_suspect = suspects.first().map(|s| s.function.as_str()).unwrap_or("-");
+    match verdict.kind {
+        VerdictKind::Leak | VerdictKind::LimitTooLow | VerdictKind::Fragmentation => {
+            tracing::warn!(
+                from = previous.name(),
+                to = verdict.kind.name(),
+                confidence = verdict.confidence,
+                floor_slope_bytes_per_second = verdict.floor_slope_bytes_per_second,
+                eta_seconds = verdict.eta_seconds,
+                top_suspect,
+                "heapwatch: verdict {}: {}",
+                verdict.kind.name(),
+                verdict.advice
+            )
+        }
+        _ => tracing::info!(
+            from = previous.name(),
+            to = verdict.kind.name(),
+            confidence = verdict.confidence,
+            "heapwatch: verdict {}: {}",
+            verdict.kind.name(),
+            verdict.advice
+        ),
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -602,9 +711,5 @@ fn program_name() -> String {
 
 /// The process's resident set size, from `/proc/self/statm`.
 fn process_rss() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+    crate::detect::process_rss()
 }

@@ -12,7 +12,7 @@ pub const SUMMARY_FORMAT: &str = "heapwatch-dump/1";
 pub struct DumpSummary {
     /// Always [`SUMMARY_FORMAT`].
     pub format: String,
-    /// `threshold`, `eta`, `on_demand` or `signal`.
+    /// `threshold`, `eta`, `on_demand`, `signal` or `leak`.
     pub reason: String,
     /// The reason in words.
     pub reason_detail: String,
@@ -52,6 +52,12 @@ pub struct DumpSummary {
     pub top_sites: Vec<TopSite>,
     /// The recent series, oldest first.
     pub series: Vec<SeriesPoint>,
+    /// The leak detector's verdict when the dump was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::detect::Verdict>,
+    /// Call sites whose live bytes kept rising, fastest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<crate::detect::Suspect>,
     /// The other files of the set (names within the same directory).
     pub files: DumpFiles,
 }
@@ -117,6 +123,9 @@ pub struct DumpFiles {
     pub flamegraph: String,
     /// This summary (`.json`).
     pub summary: String,
+    /// The differential flamegraph against the baseline (`.diff.svg`), for leak dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_flamegraph: Option<String>,
 }
 
 /// The top sites of a profile by live bytes.

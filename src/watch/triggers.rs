@@ -22,17 +22,20 @@ pub enum Reason {
     OnDemand,
     /// Asked for with SIGUSR1.
     Signal,
+    /// The leak detector's verdict turned to `leak`.
+    Leak,
 }
 
 impl Reason {
     /// The reason's kind as written in the JSON summary: `threshold`, `eta`, `on_demand`,
-    /// `signal`.
+    /// `signal`, `leak`.
     pub fn kind(&self) -> &'static str {
         match self {
             Reason::Threshold { .. } => "threshold",
             Reason::Eta { .. } => "eta",
             Reason::OnDemand => "on_demand",
             Reason::Signal => "signal",
+            Reason::Leak => "leak",
         }
     }
 
@@ -55,6 +58,7 @@ impl Reason {
             }
             Reason::OnDemand => "requested through the API".to_owned(),
             Reason::Signal => "requested with SIGUSR1".to_owned(),
+            Reason::Leak => "the leak detector found a steadily rising heap floor".to_owned(),
         }
     }
 }
@@ -175,6 +179,7 @@ impl Triggers {
     }
 
     /// Whether a request would be held back by the rate limit now.
+    #[cfg(test)]
     pub(crate) fn rate_limited(&self, now: Instant) -> bool {
         self.last_dump
             .is_some_and(|last| now.duration_since(last) < self.min_interval)

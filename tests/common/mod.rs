@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The path of example `name`, built in the same profile as the running test (built now if
-/// it is missing).
+/// The path of example `name`, built now (cargo does nothing if it is up to date) in the same
+/// profile and target directory as the running test, so a test never runs a stale example.
 pub fn example_binary(name: &str) -> PathBuf {
     let profile_dir = std::env::current_exe()
         .expect("test binary path")
@@ -14,17 +14,31 @@ pub fn example_binary(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile directory")
         .to_path_buf();
-    let binary = profile_dir.join("examples").join(name);
-    if !binary.exists() {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--example", name]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo to build an example");
-        assert!(status.success(), "building example {name} failed");
+    let target_dir = profile_dir.parent().expect("target directory");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", name, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
     }
-    binary
+    // The same features as this test was built with, so the library is not rebuilt.
+    let features: Vec<&str> = [
+        ("jemalloc", cfg!(feature = "jemalloc")),
+        ("flamegraph", cfg!(feature = "flamegraph")),
+        ("dwarf", cfg!(feature = "dwarf")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    build
+        .arg("--no-default-features")
+        .arg("--features")
+        .arg(features.join(","));
+    let status = build.status().expect("run cargo to build an example");
+    assert!(status.success(), "building example {name} failed");
+    profile_dir.join("examples").join(name)
 }
 
 /// `go tool pprof -top` as (function, flat) rows, in its order. Panics, saying what to

@@ -1,0 +1,149 @@
+//! Telling a leak from a spike from a limit that is too low, in the process, with evidence.
+//!
+//! The watch thread feeds every tick into a [`SeriesStore`] (fixed memory, three resolutions),
+//! and [`classify`] walks the seed's decision tree on the last window of it: the heap's floor
+//! (windowed minima) is tracked apart from its peaks; a floor that rises significantly
+//! (Mann–Kendall) at a meaningful rate (Theil–Sen) is a `leak`, peaks that return to a flat
+//! floor are a `spike`, a flat floor near the limit is `limit_too_low`, a flat heap under rising
+//! resident memory is `fragmentation`. Profile snapshots taken at intervals name the call sites
+//! whose live bytes keep rising ([`SuspectTracker`]), and a baseline taken after warm-up gives
+//! the differential flamegraph.
+//!
+//! The same machinery is usable offline on any series: see `examples/detector_eval.rs`.
+
+mod series;
+mod stats;
+mod suspects;
+mod verdict;
+
+pub use series::{Point, SeriesStore};
+pub use stats::{mann_kendall, MannKendall};
+pub use suspects::{Suspect, SuspectTracker, BASELINE_STACKS, SITES_PER_SNAPSHOT, SNAPSHOTS_KEPT};
+pub use verdict::{classify, DetectorConfig, Verdict, VerdictKind};
+
+use std::sync::Mutex;
+
+/// The detector: the series, and verdicts that stick. A `leak` is only declared once its
+/// evidence has held for [`DetectorConfig::confirm`]; other verdicts apply at once.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    config: DetectorConfig,
+    store: SeriesStore,
+    verdict: Verdict,
+    leak_since_ms: Option<u64>,
+}
+
+impl Detector {
+    /// A detector with these settings and an empty series.
+    pub fn new(config: DetectorConfig) -> Self {
+        Detector {
+            verdict: classify(&[], None, &config),
+            config,
+            store: SeriesStore::default(),
+            leak_since_ms: None,
+        }
+    }
+
+    /// Adds a reading.
+    pub fn push(&mut self, point: Point) {
+        self.store.push(point);
+    }
+
+    /// The series so far.
+    pub fn series(&self) -> &SeriesStore {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Re-reads the window against `limit`; returns the verdict (which may be unchanged).
+    ///
+    /// ```
+    /// use heapwatch::detect::{Detector, DetectorConfig, Point, VerdictKind};
+    /// let mut detector = Detector::new(DetectorConfig::default());
+    /// for s in 0..900u64 {
+    ///     detector.push(Point::reading(s * 1000, (100 << 20) + s * 40_000, None, None));
+    ///     detector.evaluate(Some(1 << 30));
+    /// }
+    /// assert_eq!(detector.verdict().kind, VerdictKind::Leak);
+    /// ```
+    pub fn evaluate(&mut self, limit: Option<u64>) -> &Verdict {
+        let window = self.store.window(self.config.window.as_millis() as u64);
+        let now_ms = window.last().map_or(0, |p| p.unix_ms);
+        let candidate = classify(&window, limit, &self.config);
+        if candidate.kind == VerdictKind::Leak {
+            let since = *self.leak_since_ms.get_or_insert(now_ms);
+            let confirmed = now_ms.saturating_sub(since) >= self.config.confirm.as_millis() as u64;
+            if confirmed || self.verdict.kind == VerdictKind::Leak {
+                self.verdict = candidate;
+            } else {
+                // Not yet: keep the previous kind, with fresh figures.
+                let kind = self.verdict.kind;
+                self.verdict = Verdict {
+                    kind,
+                    advice: kind.advice().to_owned(),
+                    ..candidate
+                };
+            }
+        } else {
+            self.leak_since_ms = None;
+            self.verdict = candidate;
+        }
+        &self.verdict
+    }
+
+    /// The current verdict.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+}
+
+/// The detector's latest verdict and suspects, as the watch thread last computed them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorReport {
+    /// The current verdict.
+    pub verdict: Verdict,
+    /// The growing call sites, fastest first.
+    pub suspects: Vec<Suspect>,
+    /// When the baseline of the differential flamegraph was taken (ms since the epoch).
+    pub baseline_unix_ms: Option<u64>,
+}
+
+static LATEST: Mutex<Option<DetectorReport>> = Mutex::new(None);
+
+/// The latest report of the running watch's detector; `None` before its first tick or without
+/// a watch.
+pub fn latest() -> Option<DetectorReport> {
+    LATEST.lock().ok()?.clone()
+}
+
+pub(crate) fn publish(report: DetectorReport) {
+    if let Ok(mut latest) = LATEST.lock() {
+        *latest = Some(report);
+    }
+}
+
+/// Resident memory of the allocator: jemalloc's `stats.resident` when jemalloc is the inner
+/// allocator (it holds at least half the heap), the process's RSS otherwise.
+pub fn resident_bytes() -> Option<u64> {
+    #[cfg(feature = "jemalloc")]
+    if let Some(stats) = crate::jemalloc_stats() {
+        let heap = crate::stats().live_bytes;
+        if heap > 0 && stats.allocated * 2 >= heap {
+            return Some(stats.resident);
+        }
+    }
+    process_rss()
+}
+
+/// The process's resident set size, from `/proc/self/statm`.
+pub(crate) fn process_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}

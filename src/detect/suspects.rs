@@ -1,0 +1,258 @@
+//! Leak suspects: the call sites whose live bytes keep rising across profile snapshots taken at
+//! intervals, ranked by growth rate; and a baseline, taken after warm-up, for the differential
+//! flamegraph of now against it.
+//!
+//! Memory is bounded: a snapshot keeps at most [`SITES_PER_SNAPSHOT`] sites (by live bytes),
+//! at most [`SNAPSHOTS_KEPT`] snapshots are kept, and the baseline keeps at most
+//! [`BASELINE_STACKS`] stacks.
+
+use crate::{Profile, SampleType};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+
+/// Sites kept per snapshot.
+pub const SITES_PER_SNAPSHOT: usize = 256;
+/// Snapshots kept.
+pub const SNAPSHOTS_KEPT: usize = 8;
+/// Stacks kept in the baseline.
+pub const BASELINE_STACKS: usize = 4096;
+
+/// A call site whose live memory keeps growing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suspect {
+    /// The function (innermost frame outside the allocator and std).
+    pub function: String,
+    /// Robust growth of its live bytes, bytes per second.
+    pub growth_bytes_per_second: f64,
+    /// Its live bytes now (estimated).
+    pub live_bytes: i64,
+    /// Growth since the oldest snapshot kept, bytes.
+    pub grown_bytes: i64,
+    /// Intervals in which it grew, of those observed.
+    pub rose_in: usize,
+    /// Intervals observed.
+    pub intervals: usize,
+}
+
+#[derive(Debug, Clone)]
+struct SiteSnapshot {
+    unix_ms: u64,
+    live: HashMap<String, i64>,
+}
+
+/// Snapshots over time and the baseline.
+#[derive(Debug, Default, Clone)]
+pub struct SuspectTracker {
+    snapshots: VecDeque<SiteSnapshot>,
+    baseline: Option<(u64, Vec<String>)>,
+}
+
+impl SuspectTracker {
+    /// Records the live bytes per site of `profile`, taken at `unix_ms`; the first call sets
+    /// the baseline.
+    pub fn observe(&mut self, unix_ms: u64, profile: &Profile) {
+        let live: HashMap<String, i64> = profile
+            .top_functions(SampleType::InuseSpace)
+            .into_iter()
+            .filter(|f| f.flat > 0)
+            .take(SITES_PER_SNAPSHOT)
+            .map(|f| (f.function, f.flat))
+            .collect();
+        if self.snapshots.len() == SNAPSHOTS_KEPT {
+            self.snapshots.pop_front();
+        }
+        self.snapshots.push_back(SiteSnapshot { unix_ms, live });
+        if self.baseline.is_none() {
+            self.baseline = Some((unix_ms, baseline_lines(profile)));
+        }
+    }
+
+    /// Sets the baseline to `profile` now (for example after a deploy or warm-up).
+    pub fn rebase(&mut self, unix_ms: u64, profile: &Profile) {
+        self.baseline = Some((unix_ms, baseline_lines(profile)));
+    }
+
+    /// When the baseline was taken, if it was.
+    pub fn baseline_unix_ms(&self) -> Option<u64> {
+        self.baseline.as_ref().map(|b| b.0)
+    }
+
+    /// Snapshots kept.
+    pub fn snapshots(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    /// The sites whose live bytes rose in at least three quarters of the intervals (and
+    /// overall), largest growth rate first. Needs three snapshots.
+    pub fn suspects(&self) -> Vec<Suspect> {
+        if self.snapshots.len() < 3 {
+            return Vec::new();
+        }
+        let latest = self.snapshots.back().expect("non-empty");
+        let mut suspects: Vec<Suspect> = latest
+            .live
+            .iter()
+            .filter_map(|(function, &now)| {
+                let series: Vec<(f64, f64)> = self
+                    .snapshots
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.unix_ms as f64 / 1000.0,
+                            s.live.get(function).copied().unwrap_or(0) as f64,
+                        )
+                    })
+                    .collect();
+                let intervals = series.len() - 1;
+                let rose_in = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
+                let grown = now - series[0].1 as i64;
+                let slope = crate::watch::theil_sen_slope(&series)?;
+                (grown > 0 && slope > 0.0 && rose_in * 4 >= intervals * 3).then(|| Suspect {
+                    function: function.clone(),
+                    growth_bytes_per_second: slope,
+                    live_bytes: now,
+                    grown_bytes: grown,
+                    rose_in,
+                    intervals,
+                })
+            })
+            .collect();
+        suspects.sort_by(|a, b| {
+            b.growth_bytes_per_second
+                .total_cmp(&a.growth_bytes_per_second)
+                .then_with(|| a.function.cmp(&b.function))
+        });
+        suspects
+    }
+
+    /// Writes the differential flamegraph of `now` against the baseline: widths are live bytes
+    /// now, red frames grew, blue ones shrank.
+    #[cfg(feature = "flamegraph")]
+    pub fn write_diff_flamegraph<W: io::Write>(&self, now: &Profile, writer: W) -> io::Result<()> {
+        use inferno::flamegraph::{self, Options};
+        let before = self
+            .baseline
+            .as_ref()
+            .map(|b| b.1.join("\n"))
+            .unwrap_or_default();
+        let after = crate::encode::folded_lines(now, SampleType::InuseSpace).join("\n");
+        let mut diff = Vec::new();
+        inferno::differential::from_readers(
+            inferno::differential::Options::default(),
+            before.as_bytes(),
+            after.as_bytes(),
+            &mut diff,
+        )?;
+        let mut options = Options::default();
+        options.title = "live heap: now against the baseline".to_owned();
+        options.subtitle =
+            Some("red grew since the baseline, blue shrank; widths are live bytes now".to_owned());
+        options.count_name = "bytes".to_owned();
+        if diff.is_empty() {
+            diff.extend_from_slice(b"[no samples] 0 0\n");
+        }
+        flamegraph::from_reader(&mut options, &diff[..], writer)
+    }
+
+    /// Without the `flamegraph` feature: an SVG that says so.
+    #[cfg(not(feature = "flamegraph"))]
+    pub fn write_diff_flamegraph<W: io::Write>(
+        &self,
+        _now: &Profile,
+        mut writer: W,
+    ) -> io::Result<()> {
+        writer.write_all(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n")
+    }
+}
+
+fn baseline_lines(profile: &Profile) -> Vec<String> {
+    let mut lines = crate::encode::folded_lines(profile, SampleType::InuseSpace);
+    if lines.len() > BASELINE_STACKS {
+        let value = |l: &String| {
+            l.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        lines.sort_by_key(|l| std::cmp::Reverse(value(l)));
+        lines.truncate(BASELINE_STACKS);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Line, Location, Sample};
+
+    fn profile(sites: &[(&str, i64)]) -> Profile {
+        Profile {
+            locations: sites
+                .iter()
+                .map(|(name, _)| Location {
+                    lines: vec![Line {
+                        function: (*name).to_owned(),
+                        ..Line::default()
+                    }],
+                    ..Location::default()
+                })
+                .collect(),
+            samples: sites
+                .iter()
+                .enumerate()
+                .map(|(i, (_, bytes))| Sample {
+                    locations: vec![i],
+                    values: [1, *bytes, 1, *bytes],
+                })
+                .collect(),
+            ..Profile::default()
+        }
+    }
+
+    #[test]
+    fn growing_sites_are_suspects_and_fluctuating_ones_are_not() {
+        let mut tracker = SuspectTracker::default();
+        let bursts = [900, 0, 1200, 100, 800, 0];
+        for (i, burst) in bursts.iter().enumerate() {
+            let i = i as i64;
+            tracker.observe(
+                i as u64 * 60_000,
+                &profile(&[
+                    ("leak_fast", 1000 + 500 * i),
+                    ("leak_slow", 1000 + 100 * i),
+                    ("cache", 5000),
+                    ("bursty", *burst + 1),
+                ]),
+            );
+        }
+        let suspects = tracker.suspects();
+        let names: Vec<&str> = suspects.iter().map(|s| s.function.as_str()).collect();
+        assert_eq!(names, ["leak_fast", "leak_slow"]);
+        assert!((suspects[0].growth_bytes_per_second - 500.0 / 60.0).abs() < 1e-9);
+        assert_eq!(suspects[0].rose_in, 5);
+        assert_eq!(tracker.snapshots(), 6);
+    }
+
+    #[test]
+    fn bounded() {
+        let mut tracker = SuspectTracker::default();
+        for i in 0..20u64 {
+            tracker.observe(i * 1000, &profile(&[("a", i as i64 + 1)]));
+        }
+        assert_eq!(tracker.snapshots(), SNAPSHOTS_KEPT);
+        assert_eq!(tracker.baseline_unix_ms(), Some(0));
+    }
+
+    #[cfg(feature = "flamegraph")]
+    #[test]
+    fn differential_flamegraph_names_the_grower() {
+        let mut tracker = SuspectTracker::default();
+        tracker.observe(0, &profile(&[("grower", 100), ("steady", 100)]));
+        let mut svg = Vec::new();
+        tracker
+            .write_diff_flamegraph(&profile(&[("grower", 900), ("steady", 100)]), &mut svg)
+            .unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.contains("grower") && svg.contains("steady"));
+    }
+}

@@ -1,0 +1,143 @@
+//! A leak check for test suites: run a closure many times and fail, naming the growing call
+//! sites, if the heap it leaves behind keeps growing.
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
+//!
+//! let mut cache = std::collections::HashMap::new();
+//! // A closure that reuses its memory passes…
+//! heapwatch::leak_check::assert_no_leak(200, || {
+//!     cache.insert(1, vec![0u8; 1024]);
+//! });
+//! // …one that keeps adding does not.
+//! let mut log = Vec::new();
+//! let result = heapwatch::leak_check::check(200, 0, || log.push(vec![0u8; 1024]));
+//! assert!(result.is_err());
+//! ```
+//!
+//! The bytes are counted exactly, on the calling thread (allocated minus freed by it), so
+//! tests running in parallel on other threads do not disturb the verdict. The call sites come
+//! from the sampled profile, taken at a fine rate (1 KiB) while the check runs.
+
+use crate::{Profile, SampleType};
+use std::collections::HashMap;
+
+/// Mean sampling interval while a check runs: fine enough to name sites that leak a few KiB.
+const CHECK_SAMPLE_RATE: u64 = 1024;
+/// Call sites named in a failure.
+const SITES_NAMED: usize = 5;
+
+/// A site whose live bytes grew during the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrowingSite {
+    /// The function (innermost frame outside the allocator and std).
+    pub function: String,
+    /// Estimated growth of its live bytes over the check.
+    pub grown_bytes: i64,
+}
+
+/// What a check measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrowthReport {
+    /// Iterations run (after the warm-up).
+    pub iterations: usize,
+    /// Net bytes the calling thread kept over those iterations.
+    pub grown_bytes: i64,
+    /// Sites whose live bytes grew, largest growth first.
+    pub growing_sites: Vec<GrowingSite>,
+}
+
+impl std::fmt::Display for GrowthReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the heap grew by {} bytes over {} iterations ({:.1} bytes per iteration)",
+            self.grown_bytes,
+            self.iterations,
+            self.grown_bytes as f64 / self.iterations.max(1) as f64
+        )?;
+        if self.growing_sites.is_empty() {
+            write!(f, "; no sampled call site grew")
+        } else {
+            write!(f, "; growing call sites:")?;
+            for site in self.growing_sites.iter().take(SITES_NAMED) {
+                write!(f, "\n  {} (+{} bytes)", site.function, site.grown_bytes)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `f` a few times to warm up, then `iterations` times, and measures what the calling
+/// thread's heap kept. `Err` when it grew by more than `tolerance_bytes`.
+pub fn check(
+    iterations: usize,
+    tolerance_bytes: u64,
+    mut f: impl FnMut(),
+) -> Result<GrowthReport, GrowthReport> {
+    // Warm-up: lazily initialised state (caches, thread-locals, buffers grown once) is not a
+    // leak.
+    for _ in 0..iterations.clamp(1, 10) {
+        f();
+    }
+    let previous_rate = crate::sample_rate();
+    crate::set_sample_rate(CHECK_SAMPLE_RATE);
+    let before_profile = crate::snapshot();
+    let before = crate::thread_state::thread_net_bytes().unwrap_or(0);
+    for _ in 0..iterations {
+        f();
+    }
+    let after = crate::thread_state::thread_net_bytes().unwrap_or(0);
+    let after_profile = crate::snapshot();
+    crate::set_sample_rate(previous_rate);
+
+    let report = GrowthReport {
+        iterations,
+        grown_bytes: after - before,
+        growing_sites: growing_sites(&before_profile, &after_profile),
+    };
+    if report.grown_bytes > tolerance_bytes as i64 {
+        Err(report)
+    } else {
+        Ok(report)
+    }
+}
+
+/// [`check`] with no tolerance beyond a byte per iteration, panicking with the growing call
+/// sites named.
+///
+/// # Panics
+/// When the heap grew: the message says by how much and which call sites grew.
+pub fn assert_no_leak(iterations: usize, f: impl FnMut()) {
+    if let Err(report) = check(iterations, iterations as u64, f) {
+        panic!("leak: {report}");
+    }
+}
+
+fn growing_sites(before: &Profile, after: &Profile) -> Vec<GrowingSite> {
+    let live = |profile: &Profile| -> HashMap<String, i64> {
+        profile
+            .top_functions(SampleType::InuseSpace)
+            .into_iter()
+            .map(|f| (f.function, f.flat))
+            .collect()
+    };
+    let before = live(before);
+    let mut sites: Vec<GrowingSite> = live(after)
+        .into_iter()
+        .filter_map(|(function, now)| {
+            let grown = now - before.get(&function).copied().unwrap_or(0);
+            (grown > 0).then_some(GrowingSite {
+                function,
+                grown_bytes: grown,
+            })
+        })
+        .collect();
+    sites.sort_by(|a, b| {
+        b.grown_bytes
+            .cmp(&a.grown_bytes)
+            .then_with(|| a.function.cmp(&b.function))
+    });
+    sites
+}
