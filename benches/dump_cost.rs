@@ -130,7 +130,12 @@ fn main() {
         .start()
         .expect("start the watch");
 
+    let server = heapwatch::http::Server::builder()
+        .addr("127.0.0.1:0")
+        .start()
+        .expect("start the listener");
     let mut rows = Vec::new();
+    let mut serve_rows = Vec::new();
     for stacks in [1_000u32, 10_000] {
         let blocks = make_stacks(stacks);
         let distinct = heapwatch::profiler_stats().stacks;
@@ -181,6 +186,30 @@ fn main() {
                 out
             })
         });
+        // Serving /debug/pprof/heap over the built-in listener: one whole HTTP exchange.
+        let addr = server.local_addr();
+        let fetch = || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .write_all(b"GET /debug/pprof/heap HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .expect("request");
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).expect("response");
+            assert!(response.starts_with(b"HTTP/1.1 200"));
+            response.len()
+        };
+        let (serve_time, serve_memory) = measure(|| {
+            black_box(fetch());
+        });
+        serve_rows.push(format!(
+            "| {stacks} | {:.1} ms | {:.1} MiB |",
+            serve_time.as_secs_f64() * 1e3,
+            serve_memory as f64 / (1 << 20) as f64
+        ));
+        c.bench_function(&format!("serve_pprof_heap_{stacks}_stacks"), |b| {
+            b.iter(fetch)
+        });
         drop(blocks);
     }
     c.final_summary();
@@ -190,6 +219,12 @@ fn main() {
     println!("| stacks made | distinct stacks in the table | snapshot (warm) | dump set, first (symbols cold) | dump set, warm |");
     println!("|---:|---:|---:|---:|---:|");
     for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("| stacks | serve /debug/pprof/heap (first) | extra memory |");
+    println!("|---:|---:|---:|");
+    for row in serve_rows {
         println!("{row}");
     }
 }

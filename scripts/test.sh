@@ -7,10 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v go >/dev/null; then
-    echo "error: 'go' is not installed; the go tool pprof tests need it (Debian: apt-get install golang-go, or run .ci/run)" >&2
-    exit 1
-fi
+# The real clients the tests run; `.ci/run` installs them.
+for tool in go:golang-go promtool:prometheus prometheus:prometheus chromium:chromium; do
+    if ! command -v "${tool%%:*}" >/dev/null; then
+        echo "error: '${tool%%:*}' is not installed; the real-client tests need it (Debian package ${tool#*:}; bash .ci/run installs it)" >&2
+        exit 1
+    fi
+done
 
 echo "== lints"
 cargo fmt --check

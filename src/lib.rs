@@ -59,10 +59,13 @@ pub mod detect;
 mod early_wake;
 pub mod encode;
 mod filter;
+#[cfg(feature = "http")]
+pub mod http;
 mod internal_alloc;
 #[cfg(feature = "jemalloc")]
 mod jemalloc_stats;
 pub mod leak_check;
+pub mod metrics_export;
 mod profile;
 mod sampler;
 mod snapshot;

@@ -96,6 +96,9 @@ pub struct Profile {
     pub locations: Vec<Location>,
     /// Loaded objects (executable, libraries), referenced from [`Location::mapping`].
     pub mappings: Vec<Mapping>,
+    /// The sample type tools show first; `None` means `inuse_space`, as for Go's heap profile
+    /// (Go's `/debug/pprof/allocs` sets `alloc_space`).
+    pub default_sample_type: Option<SampleType>,
 }
 
 /// The estimated totals of one stack.

@@ -113,6 +113,28 @@ pub struct DetectorReport {
 }
 
 static LATEST: Mutex<Option<DetectorReport>> = Mutex::new(None);
+/// The baseline's folded stacks, once the watch has taken it.
+static BASELINE: Mutex<Option<Vec<String>>> = Mutex::new(None);
+
+pub(crate) fn publish_baseline(lines: &[String]) {
+    if let Ok(mut baseline) = BASELINE.lock() {
+        *baseline = Some(lines.to_vec());
+    }
+}
+
+/// Writes the differential flamegraph of `now` against the watch's baseline (taken after
+/// warm-up); against an empty baseline before that.
+pub fn write_diff_against_baseline<W: std::io::Write>(
+    now: &crate::Profile,
+    writer: W,
+) -> std::io::Result<()> {
+    let before = BASELINE
+        .lock()
+        .ok()
+        .and_then(|b| b.clone())
+        .unwrap_or_default();
+    suspects::write_diff(&before, now, writer)
+}
 
 /// The latest report of the running watch's detector; `None` before its first tick or without
 /// a watch.

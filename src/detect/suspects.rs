@@ -128,42 +128,53 @@ impl SuspectTracker {
 
     /// Writes the differential flamegraph of `now` against the baseline: widths are live bytes
     /// now, red frames grew, blue ones shrank.
-    #[cfg(feature = "flamegraph")]
     pub fn write_diff_flamegraph<W: io::Write>(&self, now: &Profile, writer: W) -> io::Result<()> {
-        use inferno::flamegraph::{self, Options};
-        let before = self
-            .baseline
-            .as_ref()
-            .map(|b| b.1.join("\n"))
-            .unwrap_or_default();
-        let after = crate::encode::folded_lines(now, SampleType::InuseSpace).join("\n");
-        let mut diff = Vec::new();
-        inferno::differential::from_readers(
-            inferno::differential::Options::default(),
-            before.as_bytes(),
-            after.as_bytes(),
-            &mut diff,
-        )?;
-        let mut options = Options::default();
-        options.title = "live heap: now against the baseline".to_owned();
-        options.subtitle =
-            Some("red grew since the baseline, blue shrank; widths are live bytes now".to_owned());
-        options.count_name = "bytes".to_owned();
-        if diff.is_empty() {
-            diff.extend_from_slice(b"[no samples] 0 0\n");
-        }
-        flamegraph::from_reader(&mut options, &diff[..], writer)
+        let before = self.baseline.as_ref().map_or(&[][..], |b| &b.1[..]);
+        write_diff(before, now, writer)
     }
 
-    /// Without the `flamegraph` feature: an SVG that says so.
-    #[cfg(not(feature = "flamegraph"))]
-    pub fn write_diff_flamegraph<W: io::Write>(
-        &self,
-        _now: &Profile,
-        mut writer: W,
-    ) -> io::Result<()> {
-        writer.write_all(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n")
+    /// The baseline's folded stacks, if it was taken.
+    pub fn baseline_lines(&self) -> Option<&[String]> {
+        self.baseline.as_ref().map(|b| &b.1[..])
     }
+}
+
+/// The differential flamegraph of `now` against folded stacks taken `before`.
+#[cfg(feature = "flamegraph")]
+pub(crate) fn write_diff<W: io::Write>(
+    before: &[String],
+    now: &Profile,
+    writer: W,
+) -> io::Result<()> {
+    use inferno::flamegraph::{self, Options};
+    let before = before.join("\n");
+    let after = crate::encode::folded_lines(now, SampleType::InuseSpace).join("\n");
+    let mut diff = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut diff,
+    )?;
+    let mut options = Options::default();
+    options.title = "live heap: now against the baseline".to_owned();
+    options.subtitle =
+        Some("red grew since the baseline, blue shrank; widths are live bytes now".to_owned());
+    options.count_name = "bytes".to_owned();
+    if diff.is_empty() {
+        diff.extend_from_slice(b"[no samples] 0 0\n");
+    }
+    flamegraph::from_reader(&mut options, &diff[..], writer)
+}
+
+/// Without the `flamegraph` feature: an SVG that says so.
+#[cfg(not(feature = "flamegraph"))]
+pub(crate) fn write_diff<W: io::Write>(
+    _before: &[String],
+    _now: &Profile,
+    mut writer: W,
+) -> io::Result<()> {
+    writer.write_all(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n")
 }
 
 fn baseline_lines(profile: &Profile) -> Vec<String> {

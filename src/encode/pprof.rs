@@ -27,7 +27,10 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         }),
         period: profile.sample_rate_bytes as i64,
         time_nanos: profile.time_nanos,
-        default_sample_type: strings.id(SampleType::InuseSpace.name()),
+        default_sample_type: strings.id(profile
+            .default_sample_type
+            .unwrap_or(SampleType::InuseSpace)
+            .name()),
         ..proto::Profile::default()
     };
     out.comment.push(strings.id(&format!(
@@ -152,6 +155,7 @@ mod tests {
         Profile {
             time_nanos: 1,
             sample_rate_bytes: 524288,
+            default_sample_type: None,
             samples: vec![Sample {
                 locations: vec![0, 1],
                 values: [2, 8192, 1, 4096],

@@ -527,6 +527,7 @@ impl Watcher {
         }) {
             self.take_reserve();
         }
+        crate::metrics_export::update();
         // Armed before the slower work below, so a spike during it still wakes us.
         self.arm_early_wake(stats.live_bytes, &memory);
         if self
@@ -580,8 +581,14 @@ impl Watcher {
             .last_suspect_snapshot
             .is_none_or(|t| now.duration_since(t) >= self.config.suspect_interval);
         if due {
+            let first = self.suspects.baseline_unix_ms().is_none();
             self.suspects.observe(unix_ms, &crate::snapshot());
             self.last_suspect_snapshot = Some(now);
+            if first {
+                if let Some(lines) = self.suspects.baseline_lines() {
+                    crate::detect::publish_baseline(lines);
+                }
+            }
         }
     }
 

@@ -28,6 +28,8 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("jemalloc", cfg!(feature = "jemalloc")),
         ("flamegraph", cfg!(feature = "flamegraph")),
         ("dwarf", cfg!(feature = "dwarf")),
+        ("http", cfg!(feature = "http")),
+        ("axum", cfg!(feature = "axum")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))

@@ -1,0 +1,245 @@
+//! The pages, independent of any server: a request's method, path, query and token in, a
+//! status, content type and body out. The built-in listener and the axum router both call
+//! [`respond`].
+
+use crate::watch::list_sets;
+use crate::SampleType;
+use std::path::Path;
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// `Content-Disposition` for downloads.
+    pub disposition: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type,
+            disposition: None,
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        let mut body = body.into();
+        body.push('\n');
+        Response::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn error(status: u16) -> Self {
+        Response::text(status, reason_phrase(status))
+    }
+}
+
+/// The standard phrase of the statuses the server uses.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// What the pages need to know about their surroundings.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The bearer token required, if any.
+    pub token: Option<String>,
+    /// The dump directory listed under `/debug/heap/dumps`.
+    pub dump_dir: std::path::PathBuf,
+    /// Renders `/metrics`.
+    pub metrics: fn() -> String,
+}
+
+/// Answers one request. `authorization` is the `Authorization` header's value, if any.
+pub fn respond(
+    context: &Context,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Response {
+    if method != "GET" && method != "HEAD" {
+        return Response::error(405);
+    }
+    if let Some(token) = &context.token {
+        let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+            return Response::error(401);
+        }
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    match path {
+        "/" => Response::new(200, "text/html; charset=utf-8", INDEX),
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            (context.metrics)(),
+        ),
+        "/debug/pprof/heap" => pprof(SampleType::InuseSpace, "heap"),
+        "/debug/pprof/allocs" => pprof(SampleType::AllocSpace, "allocs"),
+        "/debug/heap/flamegraph.svg" => svg(|out| flamegraph(&crate::snapshot(), out)),
+        "/debug/heap/diff.svg" => {
+            svg(|out| crate::detect::write_diff_against_baseline(&crate::snapshot(), out))
+        }
+        "/debug/heap/report" => Response::new(200, "application/json", report()),
+        "/debug/heap/dumps" | "/debug/heap/dumps/" => {
+            Response::new(200, "application/json", dump_listing(&context.dump_dir))
+        }
+        _ => match path.strip_prefix("/debug/heap/dumps/") {
+            Some(name) => dump_file(&context.dump_dir, name),
+            None => Response::error(404),
+        },
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn pprof(default: SampleType, name: &str) -> Response {
+    let mut profile = crate::snapshot();
+    profile.default_sample_type = Some(default);
+    let mut body = Vec::new();
+    match crate::encode::write_pprof(&profile, &mut body) {
+        Ok(()) => {
+            let mut response = Response::new(200, "application/octet-stream", body);
+            response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
+            response
+        }
+        Err(_) => Response::error(500),
+    }
+}
+
+fn svg(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Response {
+    let mut body = Vec::new();
+    match write(&mut body) {
+        Ok(()) => Response::new(200, "image/svg+xml", body),
+        Err(_) => Response::error(500),
+    }
+}
+
+fn flamegraph(profile: &crate::Profile, out: &mut Vec<u8>) -> std::io::Result<()> {
+    #[cfg(feature = "flamegraph")]
+    {
+        crate::encode::write_flamegraph(profile, SampleType::InuseSpace, "live heap", out)
+    }
+    #[cfg(not(feature = "flamegraph"))]
+    {
+        let _ = profile;
+        out.extend_from_slice(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n");
+        Ok(())
+    }
+}
+
+fn report() -> Vec<u8> {
+    let stats = crate::stats();
+    let reading = crate::watch::last_reading();
+    let detector = crate::detect::latest();
+    let value = serde_json::json!({
+        "heap": crate::watch::HeapCounters::from(stats),
+        "sample_rate_bytes": crate::sample_rate(),
+        "profiler_bytes": crate::profiler_stats().profiler_bytes,
+        "cgroup": reading.map(|r| serde_json::json!({
+            "limit_bytes": r.limit_bytes,
+            "usage_bytes": r.usage_bytes,
+            "working_set_bytes": r.working_set_bytes,
+            "slope_bytes_per_second": r.slope_bytes_per_second,
+            "eta_seconds": r.eta_seconds,
+        })),
+        "verdict": detector.as_ref().map(|d| &d.verdict),
+        "suspects": detector.as_ref().map(|d| &d.suspects),
+        "dumps_written": crate::watch::dumps_written().iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "dump_errors": crate::watch::dump_errors(),
+    });
+    serde_json::to_vec_pretty(&value).unwrap_or_default()
+}
+
+/// Every file of every complete dump set, by name.
+fn dump_files(dir: &Path) -> Vec<(String, &'static str)> {
+    let mut files = Vec::new();
+    for set in list_sets(dir) {
+        let mut add = |path: std::path::PathBuf, kind: &'static str| {
+            if path.exists() {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    files.push((name.to_owned(), kind));
+                }
+            }
+        };
+        add(set.profile(), "application/octet-stream");
+        add(set.flamegraph(), "image/svg+xml");
+        add(set.diff_flamegraph(), "image/svg+xml");
+        add(set.summary(), "application/json");
+    }
+    files
+}
+
+fn dump_listing(dir: &Path) -> Vec<u8> {
+    let sets: Vec<serde_json::Value> = list_sets(dir)
+        .iter()
+        .map(|set| {
+            let summary = crate::watch::read_summary(set).ok();
+            let files: Vec<String> = dump_files(dir)
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| name.starts_with(&set.stem))
+                .collect();
+            serde_json::json!({
+                "stem": set.stem,
+                "reason": summary.as_ref().map(|s| s.reason.clone()),
+                "time": summary.as_ref().map(|s| s.time.clone()),
+                "files": files,
+            })
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({ "dump_sets": sets })).unwrap_or_default()
+}
+
+/// Serves a dump file only if `name` is exactly one of the listed names: nothing from the
+/// request is ever joined to a path.
+fn dump_file(dir: &Path, name: &str) -> Response {
+    let Some((listed, content_type)) = dump_files(dir).into_iter().find(|(n, _)| n == name) else {
+        return Response::error(404);
+    };
+    match std::fs::read(dir.join(&listed)) {
+        Ok(body) => {
+            let mut response = Response::new(200, content_type, body);
+            response.disposition = Some(format!("attachment; filename=\"{listed}\""));
+            response
+        }
+        Err(_) => Response::error(404),
+    }
+}
+
+const INDEX: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>heapwatch</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:50em}li{margin:.4em 0}code{background:#eee;padding:0 .3em}</style>
+</head><body>
+<h1>heapwatch</h1>
+<ul>
+<li><a href="debug/heap/flamegraph.svg">Live heap flamegraph</a></li>
+<li><a href="debug/heap/diff.svg">Differential flamegraph: now against the baseline</a></li>
+<li><a href="debug/heap/report">Report</a> (JSON: counters, cgroup, verdict, suspects)</li>
+<li><a href="debug/heap/dumps">Dump sets on disk</a> (each file downloadable by its listed name)</li>
+<li><a href="debug/pprof/heap">/debug/pprof/heap</a> and <a href="debug/pprof/allocs">/debug/pprof/allocs</a>: <code>go tool pprof http://HOST/debug/pprof/heap</code></li>
+<li><a href="metrics">/metrics</a> (Prometheus)</li>
+</ul>
+</body></html>
+"#;

@@ -1,0 +1,182 @@
+//! Every figure through the `metrics` facade, so a service keeps its own exporter: the watch
+//! thread calls [`update`] every tick, and the built-in listener renders the same figures for
+//! `/metrics`. Names and units follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
+
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use std::sync::Once;
+
+/// Every verdict name, so that each has a 0/1 series (`heapwatch_verdict{verdict="…"}`).
+const VERDICTS: [crate::detect::VerdictKind; 6] = [
+    crate::detect::VerdictKind::Unknown,
+    crate::detect::VerdictKind::Steady,
+    crate::detect::VerdictKind::Leak,
+    crate::detect::VerdictKind::Spike,
+    crate::detect::VerdictKind::LimitTooLow,
+    crate::detect::VerdictKind::Fragmentation,
+];
+
+/// Describes the metrics (help text and units) to the current recorder.
+pub fn describe() {
+    describe_gauge!(
+        "heapwatch_heap_live_bytes",
+        Unit::Bytes,
+        "Bytes currently allocated through heapwatch (exact)."
+    );
+    describe_gauge!(
+        "heapwatch_heap_live_objects",
+        Unit::Count,
+        "Blocks currently allocated (exact)."
+    );
+    describe_counter!(
+        "heapwatch_heap_allocated_bytes_total",
+        Unit::Bytes,
+        "Bytes allocated since start (exact)."
+    );
+    describe_counter!(
+        "heapwatch_heap_allocated_objects_total",
+        Unit::Count,
+        "Blocks allocated since start (exact)."
+    );
+    describe_gauge!(
+        "heapwatch_sample_rate_bytes",
+        Unit::Bytes,
+        "Mean bytes between sampled allocations (0: off)."
+    );
+    describe_gauge!(
+        "heapwatch_profiler_bytes",
+        Unit::Bytes,
+        "heapwatch's own memory: tables, stacks, symbols."
+    );
+    describe_gauge!(
+        "heapwatch_cgroup_limit_bytes",
+        Unit::Bytes,
+        "The memory limit (cgroup, or configured)."
+    );
+    describe_gauge!(
+        "heapwatch_cgroup_usage_bytes",
+        Unit::Bytes,
+        "Memory charged to the cgroup (or RSS without one)."
+    );
+    describe_gauge!(
+        "heapwatch_cgroup_working_set_bytes",
+        Unit::Bytes,
+        "Usage minus inactive file, as the kubelet computes it."
+    );
+    describe_gauge!(
+        "heapwatch_heap_floor_growth_bytes_per_second",
+        "Robust slope of the heap floor."
+    );
+    describe_gauge!(
+        "heapwatch_time_to_limit_seconds",
+        Unit::Seconds,
+        "Predicted time to the limit at the floor's slope (absent when not rising)."
+    );
+    describe_gauge!(
+        "heapwatch_verdict",
+        "1 for the detector's current verdict, 0 for the others."
+    );
+    describe_gauge!(
+        "heapwatch_verdict_confidence",
+        "Confidence of the current verdict, 0 to 1."
+    );
+    describe_counter!(
+        "heapwatch_dumps_total",
+        Unit::Count,
+        "Dump sets written, by reason."
+    );
+    describe_counter!(
+        "heapwatch_dump_errors_total",
+        Unit::Count,
+        "Dump sets that could not be written."
+    );
+    describe_gauge!(
+        "heapwatch_jemalloc_allocated_bytes",
+        Unit::Bytes,
+        "jemalloc stats.allocated."
+    );
+    describe_gauge!(
+        "heapwatch_jemalloc_active_bytes",
+        Unit::Bytes,
+        "jemalloc stats.active."
+    );
+    describe_gauge!(
+        "heapwatch_jemalloc_resident_bytes",
+        Unit::Bytes,
+        "jemalloc stats.resident."
+    );
+    describe_gauge!(
+        "heapwatch_jemalloc_retained_bytes",
+        Unit::Bytes,
+        "jemalloc stats.retained."
+    );
+    describe_gauge!(
+        "heapwatch_jemalloc_metadata_bytes",
+        Unit::Bytes,
+        "jemalloc stats.metadata."
+    );
+}
+
+/// Publishes every figure to the current `metrics` recorder.
+///
+/// ```
+/// heapwatch::metrics_export::update(); // a no-op without a recorder
+/// ```
+pub fn update() {
+    static DESCRIBED: Once = Once::new();
+    DESCRIBED.call_once(describe);
+    update_undescribed();
+}
+
+/// [`update`] without describing first (a local recorder is described by its owner).
+pub(crate) fn update_undescribed() {
+    let stats = crate::stats();
+    gauge!("heapwatch_heap_live_bytes").set(stats.live_bytes as f64);
+    gauge!("heapwatch_heap_live_objects").set(stats.live_objects as f64);
+    counter!("heapwatch_heap_allocated_bytes_total").absolute(stats.allocated_bytes);
+    counter!("heapwatch_heap_allocated_objects_total").absolute(stats.allocated_objects);
+    gauge!("heapwatch_sample_rate_bytes").set(crate::sample_rate() as f64);
+    gauge!("heapwatch_profiler_bytes").set(crate::profiler_stats().profiler_bytes as f64);
+
+    if let Some(reading) = crate::watch::last_reading() {
+        let set = |name: &'static str, value: Option<u64>| {
+            if let Some(value) = value {
+                gauge!(name).set(value as f64);
+            }
+        };
+        set("heapwatch_cgroup_limit_bytes", reading.limit_bytes);
+        set("heapwatch_cgroup_usage_bytes", reading.usage_bytes);
+        set(
+            "heapwatch_cgroup_working_set_bytes",
+            reading.working_set_bytes,
+        );
+    }
+    if let Some(report) = crate::detect::latest() {
+        let verdict = &report.verdict;
+        gauge!("heapwatch_heap_floor_growth_bytes_per_second")
+            .set(verdict.floor_slope_bytes_per_second);
+        if let Some(eta) = verdict.eta_seconds {
+            gauge!("heapwatch_time_to_limit_seconds").set(eta);
+        }
+        for kind in VERDICTS {
+            gauge!("heapwatch_verdict", "verdict" => kind.name()).set(if kind == verdict.kind {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        gauge!("heapwatch_verdict_confidence").set(verdict.confidence);
+    }
+    for (reason, count) in crate::watch::dumps_written() {
+        counter!("heapwatch_dumps_total", "reason" => reason).absolute(count);
+    }
+    counter!("heapwatch_dump_errors_total").absolute(crate::watch::dump_errors());
+
+    #[cfg(feature = "jemalloc")]
+    if let Some(je) = crate::jemalloc_stats().filter(|je| je.allocated * 2 >= stats.live_bytes) {
+        gauge!("heapwatch_jemalloc_allocated_bytes").set(je.allocated as f64);
+        gauge!("heapwatch_jemalloc_active_bytes").set(je.active as f64);
+        gauge!("heapwatch_jemalloc_resident_bytes").set(je.resident as f64);
+        gauge!("heapwatch_jemalloc_retained_bytes").set(je.retained as f64);
+        gauge!("heapwatch_jemalloc_metadata_bytes").set(je.metadata as f64);
+    }
+}

@@ -1,0 +1,283 @@
+//! Real clients against a running service (`examples/http_service.rs`):
+//! `go tool pprof -top http://…/debug/pprof/heap` names its top function; `promtool check
+//! metrics` accepts `/metrics`; a real Prometheus server scraping it every second returns
+//! `heapwatch_heap_live_bytes` through its query API; headless Chromium renders the flamegraph
+//! page into a screenshot that is not blank. Each tool is required: a missing one fails the
+//! test, saying which Debian package provides it (`.ci/run` installs them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+/// Kills the child on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package {package} (bash .ci/run does)"
+    );
+}
+
+/// A plain HTTP GET; returns (status, body).
+fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, raw[split + 4..].to_vec())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn main() {
+    for (tool, package) in [
+        ("go", "golang-go"),
+        ("promtool", "prometheus"),
+        ("prometheus", "prometheus"),
+        ("chromium", "chromium"),
+    ] {
+        require(tool, package);
+    }
+    let scratch = std::env::temp_dir().join(format!("heapwatch-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let mut service = Command::new(common::example_binary("http_service"))
+        .env("HEAPWATCH_ADDR", "127.0.0.1:0")
+        .env("HEAPWATCH_DIR", scratch.join("dumps"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start http_service");
+    let stdout = service.stdout.take().unwrap();
+    let service = Running(service);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("service prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    println!("http_endpoints: service at {addr}");
+
+    pprof_over_http(&addr, &scratch);
+    promtool_accepts_metrics(&addr, &scratch);
+    prometheus_scrapes(&addr, &scratch);
+    chromium_renders_the_flamegraph(&addr, &scratch);
+
+    drop(service);
+    std::fs::remove_dir_all(&scratch).unwrap();
+    println!("http_endpoints: passed");
+}
+
+fn pprof_over_http(addr: &str, scratch: &Path) {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=inuse_space"])
+        .arg(format!("http://{addr}/debug/pprof/heap"))
+        .env("PPROF_TMPDIR", scratch)
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let top = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default();
+    println!("http_endpoints: go tool pprof's top row: {top}");
+    assert!(
+        top.ends_with("http_service::hold_sessions"),
+        "top row {top:?} in:\n{text}"
+    );
+    // /debug/pprof/allocs is the same profile with alloc_space shown first, as Go serves it.
+    let (status, body) = get(addr, "/debug/pprof/allocs");
+    assert_eq!(status, 200);
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip");
+}
+
+fn promtool_accepts_metrics(addr: &str, scratch: &Path) {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("UTF-8 metrics");
+    for name in [
+        "heapwatch_heap_live_bytes",
+        "heapwatch_heap_allocated_bytes_total",
+        "heapwatch_sample_rate_bytes",
+        "heapwatch_profiler_bytes",
+        "heapwatch_dumps_total",
+        "heapwatch_jemalloc_resident_bytes",
+        "heapwatch_verdict",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let file = scratch.join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()
+        .expect("run promtool");
+    println!(
+        "http_endpoints: promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool rejected /metrics");
+}
+
+fn prometheus_scrapes(addr: &str, scratch: &Path) {
+    let port = free_port();
+    let config = scratch.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: heapwatch\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let server = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            scratch.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let _server = Running(server);
+    let prometheus = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(&prometheus) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = write!(
+                stream,
+                "GET /api/v1/query?query=heapwatch_heap_live_bytes HTTP/1.1\r\nHost: {prometheus}\r\nConnection: close\r\n\r\n"
+            );
+            let mut raw = String::new();
+            let _ = stream.read_to_string(&mut raw);
+            if let Some(body) = raw.split("\r\n\r\n").nth(1) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(body.trim()) {
+                    let result = &json["data"]["result"];
+                    if let Some(first) = result.as_array().and_then(|r| r.first()) {
+                        let value: f64 = first["value"][1]
+                            .as_str()
+                            .unwrap_or("0")
+                            .parse()
+                            .unwrap_or(0.0);
+                        println!("http_endpoints: Prometheus returned heapwatch_heap_live_bytes = {value} for {}", first["metric"]["instance"]);
+                        assert_eq!(first["metric"]["instance"].as_str(), Some(addr));
+                        assert!(
+                            value > 40.0 * 1048576.0,
+                            "the service holds more than 40 MiB"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned heapwatch_heap_live_bytes"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn chromium_renders_the_flamegraph(addr: &str, scratch: &Path) {
+    let shot: PathBuf = scratch.join("flamegraph.png");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,700",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://{addr}/debug/heap/flamegraph.svg"))
+        .env("HOME", scratch)
+        .output()
+        .expect("run chromium");
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    let channels = info.color_type.samples();
+    let pixels = &pixels[..info.buffer_size()];
+    let mut colours = std::collections::HashSet::new();
+    let mut warm = 0usize;
+    for px in pixels.chunks(channels) {
+        colours.insert(px[..3].to_vec());
+        // The memory palette: greens and blues; the background is near white.
+        if px[0] < 200 || px[1] < 200 || px[2] < 200 {
+            warm += 1;
+        }
+    }
+    let share = warm as f64 / (pixels.len() / channels) as f64;
+    println!(
+        "http_endpoints: screenshot {}×{}, {} colours, {:.0} % not background",
+        info.width,
+        info.height,
+        colours.len(),
+        100.0 * share
+    );
+    assert!(
+        colours.len() > 20 && share > 0.05,
+        "the flamegraph screenshot looks blank"
+    );
+    if let Ok(dir) = std::env::var("HEAPWATCH_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, Path::new(&dir).join("flamegraph.png")).unwrap();
+    }
+}
