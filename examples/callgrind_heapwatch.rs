@@ -9,7 +9,10 @@ static ALLOC: heapwatch::Alloc<heapwatch::Jemalloc> = heapwatch::Alloc::new(heap
 
 fn main() {
     let (n, size) = pairs::args();
-    let rate = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(512 * 1024);
+    let rate = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(512 * 1024);
     heapwatch::set_sample_rate(rate);
     pairs::run_pairs(1000, size);
     pairs::run_pairs(n, size);

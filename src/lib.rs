@@ -55,6 +55,7 @@
 
 mod alloc;
 mod counters;
+pub mod decode;
 pub mod detect;
 mod early_wake;
 pub mod encode;
@@ -88,7 +89,7 @@ pub use sampler::{
 };
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
 pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};
-pub use symbolize::{set_source_lines, warm_symbol_cache};
+pub use symbolize::{set_source_lines, symbolize_with_binary, warm_symbol_cache, SymbolizeError};
 pub use table::{profiler_stats, ProfilerStats};
 
 /// jemalloc as an inner allocator: `heapwatch::Alloc<heapwatch::Jemalloc>`.

@@ -23,7 +23,10 @@ pub fn run_pairs(pairs: u64, size: usize) {
 /// `[pairs] [size]` from the command line.
 pub fn args() -> (u64, usize) {
     let mut args = std::env::args().skip(1);
-    let pairs = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let pairs = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let size = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     (pairs, size)
 }

@@ -10,6 +10,8 @@
 
 mod elf;
 pub(crate) mod modules;
+mod offline;
+pub use offline::{symbolize_with_binary, SymbolizeError};
 
 #[cfg(feature = "dwarf")]
 mod dwarf;

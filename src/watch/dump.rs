@@ -1,6 +1,6 @@
 //! Dump sets on disk: `heapwatch-<UTC time>-<pid>-<seq>-<reason>.{pb.gz,svg,json}`.
 //!
-//! All three files are written under temporary names (`.<name>.tmp`), then renamed — the JSON
+//! All files are written under temporary names (`.<name>.tmp`), then renamed — the JSON
 //! summary last, so a summary on disk means its set is complete. A failure removes what the set
 //! had written: never half a file, never half a set. The directory keeps the newest `keep`
 //! sets; older ones are removed. Buffers are kept between dumps, so a dump near the limit
@@ -148,10 +148,6 @@ impl DumpWriter {
             }
             return Err(error);
         }
-        // Some file systems only make a rename durable once the directory is synced.
-        if let Ok(dir) = fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
         self.prune();
         Ok(set)
     }
@@ -229,10 +225,12 @@ fn write_svg(profile: &Profile, out: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
+/// Writes without `fsync`: what threatens a dump is the OOM kill of this process, and data in
+/// the page cache outlives the process; syncing three files would triple the dump's time on a
+/// slow disk, near the limit, for protection against a machine crash only.
 fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    file.write_all(bytes)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

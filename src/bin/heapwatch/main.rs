@@ -1,0 +1,358 @@
+//! `heapwatch`: read dumps from a terminal — list them, show the top call sites, draw
+//! flamegraphs and differential flamegraphs, chart the series, and name addresses offline.
+//! Works on heapwatch's dumps and on any pprof heap profile (a Go program's too).
+
+mod timeline;
+
+use clap::{Parser, Subcommand};
+use heapwatch::decode::read_pprof;
+use heapwatch::{Profile, SampleType};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Read heapwatch dumps and pprof heap profiles.
+#[derive(Parser)]
+#[command(name = "heapwatch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the dump sets in a directory: time, reason, usage against the limit, verdict, top
+    /// site — one line each, newest last.
+    Ls {
+        /// The dump directory.
+        dir: PathBuf,
+    },
+    /// The top call sites of a profile, flat and cumulative, like `go tool pprof -top`.
+    Top {
+        /// A pprof heap profile (.pb.gz or .pb).
+        file: PathBuf,
+        /// How many rows.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// inuse_space, inuse_objects, alloc_space or alloc_objects.
+        #[arg(long, default_value = "inuse_space")]
+        sample: SampleType,
+    },
+    /// A flamegraph SVG of any pprof heap profile.
+    Flamegraph {
+        /// A pprof heap profile.
+        file: PathBuf,
+        /// Where to write the SVG.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// inuse_space, inuse_objects, alloc_space or alloc_objects.
+        #[arg(long, default_value = "inuse_space")]
+        sample: SampleType,
+    },
+    /// A differential flamegraph of NEW against BASE, and the top growers in text.
+    Diff {
+        /// The earlier profile.
+        base: PathBuf,
+        /// The later profile.
+        new: PathBuf,
+        /// Where to write the SVG.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// inuse_space, inuse_objects, alloc_space or alloc_objects.
+        #[arg(long, default_value = "inuse_space")]
+        sample: SampleType,
+        /// How many growers to list.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        n: usize,
+    },
+    /// A chart of the series in a directory's dump summaries: heap, working set and limit over
+    /// time, with the dumps marked.
+    Timeline {
+        /// The dump directory.
+        dir: PathBuf,
+        /// Where to write the SVG.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Fill in function names for a profile written without them, from the binary's symbols.
+    Symbolize {
+        /// A pprof heap profile.
+        file: PathBuf,
+        /// The binary that wrote it (same build).
+        #[arg(long)]
+        binary: PathBuf,
+        /// Where to write the named profile (default: FILE with `.symbolized.pb.gz`).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // One line, whatever went wrong.
+            let _ = writeln!(
+                std::io::stderr(),
+                "heapwatch: error: {}",
+                message.replace('\n', " ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Ls { dir } => ls(&dir),
+        Command::Top { file, n, sample } => top(&file, n, sample),
+        Command::Flamegraph {
+            file,
+            output,
+            sample,
+        } => {
+            let profile = load_with_samples(&file, sample)?;
+            write_file(&output, |out| {
+                heapwatch::encode::write_flamegraph(&profile, sample, &title(&file), out)
+            })?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Diff {
+            base,
+            new,
+            output,
+            sample,
+            n,
+        } => diff(&base, &new, &output, sample, n),
+        Command::Timeline { dir, output } => {
+            let chart = timeline::render(&dir)?;
+            std::fs::write(&output, chart)
+                .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Symbolize {
+            file,
+            binary,
+            output,
+        } => {
+            let mut profile = load(&file)?;
+            let named = heapwatch::symbolize_with_binary(&mut profile, &binary)
+                .map_err(|e| e.to_string())?;
+            let output = output.unwrap_or_else(|| {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let stem = name.trim_end_matches(".gz").trim_end_matches(".pb");
+                file.with_file_name(format!("{stem}.symbolized.pb.gz"))
+            });
+            write_file(&output, |out| heapwatch::encode::write_pprof(&profile, out))?;
+            println!("named {named} locations; wrote {}", output.display());
+            Ok(())
+        }
+    }
+}
+
+fn load(file: &Path) -> Result<Profile, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    read_pprof(&bytes).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Loads a profile that must have some `sample` values.
+fn load_with_samples(file: &Path, sample: SampleType) -> Result<Profile, String> {
+    let profile = load(file)?;
+    if profile.samples.iter().all(|s| s.value(sample) == 0) {
+        return Err(format!(
+            "{}: the profile has no {} samples",
+            file.display(),
+            sample.name()
+        ));
+    }
+    Ok(profile)
+}
+
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn title(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A value as `go tool pprof` prints it: bytes in B/kB/MB/GB (powers of 1024), counts bare.
+fn format_value(value: i64, sample: SampleType) -> String {
+    if sample.unit() != "bytes" {
+        return value.to_string();
+    }
+    let v = value as f64;
+    let abs = v.abs();
+    if abs >= (1u64 << 30) as f64 {
+        format!("{:.2}GB", v / (1u64 << 30) as f64)
+    } else if abs >= (1 << 20) as f64 {
+        format!("{:.2}MB", v / (1 << 20) as f64)
+    } else if abs >= 1024.0 {
+        format!("{:.2}kB", v / 1024.0)
+    } else {
+        format!("{value}B")
+    }
+}
+
+fn top(file: &Path, n: usize, sample: SampleType) -> Result<(), String> {
+    let profile = load_with_samples(file, sample)?;
+    let total = profile.total(sample);
+    let rows = profile.top_functions(sample);
+    let pct = |v: i64| {
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * v as f64 / total as f64
+        }
+    };
+    println!("Type: {}", sample.name());
+    println!(
+        "Showing top {} of {} functions, {} total",
+        n.min(rows.len()),
+        rows.len(),
+        format_value(total, sample)
+    );
+    println!(
+        "{:>10} {:>6} {:>6} {:>10} {:>6}  function",
+        "flat", "flat%", "sum%", "cum", "cum%"
+    );
+    let mut sum = 0;
+    for row in rows.iter().take(n) {
+        sum += row.flat;
+        println!(
+            "{:>10} {:>5.2}% {:>5.2}% {:>10} {:>5.2}%  {}",
+            format_value(row.flat, sample),
+            pct(row.flat),
+            pct(sum),
+            format_value(row.cum, sample),
+            pct(row.cum),
+            row.function
+        );
+    }
+    Ok(())
+}
+
+fn diff(
+    base: &Path,
+    new: &Path,
+    output: &Path,
+    sample: SampleType,
+    n: usize,
+) -> Result<(), String> {
+    let before = load(base)?;
+    let after = load(new)?;
+    if before.samples.is_empty() && after.samples.is_empty() {
+        return Err("both profiles have no samples".to_owned());
+    }
+    let before_lines = heapwatch::encode::folded_lines(&before, sample);
+    let after_lines = heapwatch::encode::folded_lines(&after, sample);
+    let mut folded = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        before_lines.join("\n").as_bytes(),
+        after_lines.join("\n").as_bytes(),
+        &mut folded,
+    )
+    .map_err(|e| e.to_string())?;
+    if folded.is_empty() {
+        folded.extend_from_slice(b"[no samples] 0 0\n");
+    }
+    write_file(output, |out| {
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = format!("{} → {} ({})", title(base), title(new), sample.name());
+        options.subtitle = Some("red grew, blue shrank; widths are the new profile".to_owned());
+        options.count_name = sample.unit().to_owned();
+        inferno::flamegraph::from_reader(&mut options, &folded[..], out)
+    })?;
+
+    let flat = |profile: &Profile| -> std::collections::HashMap<String, i64> {
+        profile
+            .top_functions(sample)
+            .into_iter()
+            .map(|f| (f.function, f.flat))
+            .collect()
+    };
+    let (old, new_flat) = (flat(&before), flat(&after));
+    let mut growers: Vec<(String, i64, i64)> = new_flat
+        .iter()
+        .map(|(f, &now)| (f.clone(), now - old.get(f).copied().unwrap_or(0), now))
+        .filter(|(_, grown, _)| *grown > 0)
+        .collect();
+    growers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    println!(
+        "{}: {} → {}",
+        sample.name(),
+        format_value(before.total(sample), sample),
+        format_value(after.total(sample), sample)
+    );
+    println!("{:>10} {:>10}  function (top growers)", "grew", "now");
+    for (function, grown, now) in growers.iter().take(n) {
+        println!(
+            "{:>10} {:>10}  {function}",
+            format!("+{}", format_value(*grown, sample)),
+            format_value(*now, sample)
+        );
+    }
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn ls(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let sets = heapwatch::watch::list_sets(dir);
+    if sets.is_empty() {
+        println!("no dump sets in {}", dir.display());
+        return Ok(());
+    }
+    for set in sets {
+        match heapwatch::watch::read_summary(&set) {
+            Ok(s) => {
+                let usage = match (s.working_set_bytes, s.limit_bytes) {
+                    (Some(ws), Some(limit)) if limit > 0 => format!(
+                        "{} of {} ({:.0}%)",
+                        format_value(ws as i64, SampleType::InuseSpace),
+                        format_value(limit as i64, SampleType::InuseSpace),
+                        100.0 * ws as f64 / limit as f64
+                    ),
+                    (Some(ws), _) => format!(
+                        "{} (no limit)",
+                        format_value(ws as i64, SampleType::InuseSpace)
+                    ),
+                    _ => "usage unknown".to_owned(),
+                };
+                let verdict = s.verdict.as_ref().map_or("-", |v| v.kind.name());
+                let top = s.top_sites.first().map_or("-".to_owned(), |t| {
+                    format!(
+                        "{} ({})",
+                        t.function,
+                        format_value(t.inuse_bytes, SampleType::InuseSpace)
+                    )
+                });
+                println!(
+                    "{}  {:<10} {:<28} verdict {:<13} top {}  [{}]",
+                    s.time, s.reason, usage, verdict, top, set.stem
+                );
+            }
+            Err(e) => println!("?  unreadable summary ({e})  [{}]", set.stem),
+        }
+    }
+    Ok(())
+}

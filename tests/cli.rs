@@ -1,0 +1,469 @@
+//! The `heapwatch` command on real dumps: the demo's profile and a heap profile written by a
+//! real Go program (foreign input) — `top` agrees with `go tool pprof -top`; `flamegraph`,
+//! `diff` and `timeline` write well-formed SVGs naming what they should (the timeline rendered
+//! by headless Chromium); `ls` lists the sets; `symbolize` names a profile stripped of names;
+//! corrupt inputs give a one-line error and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+mod common;
+
+const CLI: &str = env!("CARGO_BIN_EXE_heapwatch");
+
+fn heapwatch(args: &[&str]) -> Output {
+    Command::new(CLI)
+        .args(args)
+        .output()
+        .expect("run heapwatch")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("heapwatch-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Parses `go tool pprof -top`'s and our rows alike: (function, flat bytes).
+fn parse_rows(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flat = parse_bytes(fields.first()?)?;
+            Some((fields.get(5..)?.join(" "), flat))
+        })
+        .collect()
+}
+
+fn parse_bytes(text: &str) -> Option<f64> {
+    let units = [
+        ("GB", 1u64 << 30),
+        ("MB", 1 << 20),
+        ("kB", 1 << 10),
+        ("B", 1),
+    ];
+    units.iter().find_map(|(unit, scale)| {
+        Some(text.strip_suffix(unit)?.parse::<f64>().ok()? * *scale as f64)
+    })
+}
+
+fn go_top(profile: &Path) -> Vec<(String, f64)> {
+    let output = Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-nodefraction=0",
+            "-sample_index=inuse_space",
+        ])
+        .arg(profile)
+        .output()
+        .expect("go tool pprof (Debian package golang-go) is required");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_rows(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Our rows and go's agree: the same functions with a non-zero flat value, in the same order,
+/// with totals within rounding (two decimals of the unit).
+fn assert_same_top(ours: &[(String, f64)], go: &[(String, f64)]) {
+    let nonzero = |rows: &[(String, f64)]| -> Vec<(String, f64)> {
+        rows.iter().filter(|(_, v)| *v > 0.0).cloned().collect()
+    };
+    let (ours, go) = (nonzero(ours), nonzero(go));
+    let names = |rows: &[(String, f64)]| rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ours), names(&go), "same functions, same order");
+    for ((name, a), (_, b)) in ours.iter().zip(&go) {
+        assert!(
+            (a - b).abs() <= 0.006 * a.max(*b) + 1.0,
+            "{name}: ours {a}, go {b}"
+        );
+    }
+}
+
+fn demo_profile() -> PathBuf {
+    let dir = scratch("demo");
+    let run = Command::new(common::example_binary("demo"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    dir.join("heap.pb.gz")
+}
+
+/// A heap profile written by a real Go program, with known allocation sites.
+fn go_profile() -> PathBuf {
+    let dir = scratch("go");
+    std::fs::write(
+        dir.join("main.go"),
+        r#"package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/pprof"
+)
+
+var keep [][]byte
+
+//go:noinline
+func holdBuffers() {
+	for i := 0; i < 64; i++ {
+		keep = append(keep, make([]byte, 256<<10))
+	}
+}
+
+//go:noinline
+func holdRecords() {
+	for i := 0; i < 20000; i++ {
+		keep = append(keep, make([]byte, 512))
+	}
+}
+
+func main() {
+	runtime.MemProfileRate = 4096
+	holdBuffers()
+	holdRecords()
+	runtime.GC()
+	f, err := os.Create(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		panic(err)
+	}
+	f.Close()
+}
+"#,
+    )
+    .unwrap();
+    let out = dir.join("go-heap.pb.gz");
+    let run = Command::new("go")
+        .arg("run")
+        .arg(dir.join("main.go"))
+        .arg(&out)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GO111MODULE", "off")
+        .env("HOME", &dir)
+        .output()
+        .expect("go (Debian package golang-go) is required");
+    assert!(
+        run.status.success(),
+        "go run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+#[test]
+fn top_matches_go_tool_pprof_on_our_profile_and_on_go_s() {
+    for profile in [demo_profile(), go_profile()] {
+        let ours = heapwatch(&["top", profile.to_str().unwrap(), "-n", "1000"]);
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let ours_rows = parse_rows(&String::from_utf8_lossy(&ours.stdout));
+        let go_rows = go_top(&profile);
+        println!(
+            "{}: ours {:?}\n go {:?}",
+            profile.display(),
+            &ours_rows[..3.min(ours_rows.len())],
+            &go_rows[..3.min(go_rows.len())]
+        );
+        assert_same_top(&ours_rows, &go_rows);
+        assert!(ours_rows.len() >= 2);
+        for sample in ["inuse_objects", "alloc_space", "alloc_objects"] {
+            let out = heapwatch(&["top", profile.to_str().unwrap(), "--sample", sample]);
+            assert!(out.status.success(), "{sample}");
+        }
+    }
+}
+
+#[test]
+fn flamegraph_of_a_go_profile_and_of_ours() {
+    let dir = scratch("flame");
+    for (profile, expected) in [
+        (go_profile(), ["main.holdBuffers", "main.holdRecords"]),
+        (demo_profile(), ["demo::cache_pages", "demo::parse_records"]),
+    ] {
+        let svg = dir.join("out.svg");
+        let out = heapwatch(&[
+            "flamegraph",
+            profile.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&svg).unwrap();
+        roxmltree::Document::parse_with_options(
+            &text,
+            roxmltree::ParsingOptions {
+                allow_dtd: true,
+                ..Default::default()
+            },
+        )
+        .expect("well-formed SVG");
+        for name in expected {
+            assert!(
+                text.contains(name),
+                "{name} not in the flamegraph of {}",
+                profile.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn diff_names_the_grower() {
+    let dir = scratch("diff");
+    let base = demo_profile();
+    // The "new" profile: the demo's, with one site grown fivefold.
+    let mut grown = heapwatch::decode::read_pprof(&std::fs::read(&base).unwrap()).unwrap();
+    for sample in &mut grown.samples {
+        let leaf = &grown.locations[sample.locations[0]];
+        if leaf
+            .lines
+            .iter()
+            .any(|l| l.function.contains("parse_records"))
+        {
+            for v in &mut sample.values {
+                *v *= 5;
+            }
+        }
+    }
+    let new = dir.join("new.pb.gz");
+    heapwatch::encode::write_pprof(&grown, std::fs::File::create(&new).unwrap()).unwrap();
+    let svg = dir.join("diff.svg");
+    let out = heapwatch(&[
+        "diff",
+        base.to_str().unwrap(),
+        new.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first_grower = text
+        .lines()
+        .skip_while(|l| !l.contains("top growers"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(first_grower.ends_with("demo::parse_records"), "{text}");
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    roxmltree::Document::parse_with_options(
+        &svg_text,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("well-formed SVG");
+    assert!(svg_text.contains("parse_records"));
+}
+
+#[test]
+fn ls_and_timeline_on_real_dump_sets() {
+    let dir = scratch("timeline");
+    let dumps = dir.join("dumps");
+    let run = Command::new(common::example_binary("leaky_service"))
+        .args(["--seconds", "3"])
+        .env("HEAPWATCH_DIR", &dumps)
+        .env("HEAPWATCH_LIMIT", "96MiB")
+        .env("HEAPWATCH_TICK", "100ms")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sets = heapwatch::watch::list_sets(&dumps);
+    assert!(sets.len() >= 2, "leaky_service wrote {} sets", sets.len());
+
+    let out = heapwatch(&["ls", dumps.to_str().unwrap()]);
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    println!("{listing}");
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), sets.len());
+    assert!(
+        lines.last().unwrap().contains(&sets.last().unwrap().stem),
+        "newest last"
+    );
+    assert!(listing.contains("threshold") && listing.contains("of 96.00MB"));
+
+    let svg = dir.join("timeline.svg");
+    let out = heapwatch(&[
+        "timeline",
+        dumps.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    roxmltree::Document::parse(&text).expect("well-formed SVG");
+    for expected in ["live heap", "working set", "limit", "threshold"] {
+        assert!(text.contains(expected), "{expected} not in the timeline");
+    }
+    screenshot_is_not_blank(&svg, &dir);
+}
+
+fn screenshot_is_not_blank(svg: &Path, dir: &Path) {
+    let shot = dir.join("timeline.png");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,420",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", svg.display()))
+        .env("HOME", dir)
+        .output()
+        .expect("chromium (Debian package chromium) is required");
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let coloured = pixels[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|px| {
+            let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
+            (r - g).abs() > 60 || (g - b).abs() > 60 || (r - b).abs() > 60
+        })
+        .count();
+    println!("timeline screenshot: {coloured} coloured pixels");
+    assert!(
+        coloured > 500,
+        "the timeline screenshot shows no coloured lines"
+    );
+    if let Ok(dest) = std::env::var("HEAPWATCH_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, Path::new(&dest).join("timeline.png")).unwrap();
+    }
+}
+
+#[test]
+fn symbolize_names_a_stripped_profile() {
+    let profile = demo_profile();
+    let mut stripped = heapwatch::decode::read_pprof(&std::fs::read(&profile).unwrap()).unwrap();
+    for location in &mut stripped.locations {
+        location.lines.clear();
+    }
+    let dir = scratch("symbolize");
+    let input = dir.join("stripped.pb.gz");
+    heapwatch::encode::write_pprof(&stripped, std::fs::File::create(&input).unwrap()).unwrap();
+    let output = dir.join("named.pb.gz");
+    let demo = common::example_binary("demo");
+    let out = heapwatch(&[
+        "symbolize",
+        input.to_str().unwrap(),
+        "--binary",
+        demo.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let named = parse_rows(&String::from_utf8_lossy(
+        &heapwatch(&["top", output.to_str().unwrap()]).stdout,
+    ));
+    let original = parse_rows(&String::from_utf8_lossy(
+        &heapwatch(&["top", profile.to_str().unwrap()]).stdout,
+    ));
+    assert_eq!(named.first().map(|r| &r.0), original.first().map(|r| &r.0));
+    assert!(
+        named.iter().any(|(f, _)| f == "demo::cache_pages"),
+        "{named:?}"
+    );
+}
+
+#[test]
+fn bad_input_gives_one_line_and_a_non_zero_exit() {
+    let dir = scratch("bad");
+    let good = std::fs::read(demo_profile()).unwrap();
+    let mut gzip_of_noise = Vec::new();
+    {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::GzEncoder::new(&mut gzip_of_noise, flate2::Compression::fast());
+        encoder.write_all(&[0xffu8; 200]).unwrap();
+        encoder.finish().unwrap();
+    }
+    let empty_profile = {
+        let mut bytes = Vec::new();
+        heapwatch::encode::write_pprof(&heapwatch::Profile::default(), &mut bytes).unwrap();
+        bytes
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "empty"),
+        ("truncated.pb.gz", good[..good.len() / 3].to_vec(), "gzip"),
+        (
+            "random.bin",
+            (0..4000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            "not a pprof profile",
+        ),
+        ("noise.gz", gzip_of_noise, "not a pprof profile"),
+        ("no-samples.pb.gz", empty_profile, "no inuse_space samples"),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        for command in [
+            vec!["top", path.to_str().unwrap()],
+            vec!["flamegraph", path.to_str().unwrap(), "-o", "/dev/null"],
+        ] {
+            let out = heapwatch(&command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+            assert_eq!(
+                stderr.lines().count(),
+                1,
+                "{name}: one line, got {stderr:?}"
+            );
+            assert!(stderr.contains(expected), "{name}: {stderr}");
+        }
+    }
+    let missing = heapwatch(&["top", "/definitely/not/here.pb.gz"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+    for command in ["ls", "top", "flamegraph", "diff", "timeline", "symbolize"] {
+        let help = heapwatch(&[command, "--help"]);
+        assert!(
+            help.status.success() && !help.stdout.is_empty(),
+            "help for {command}"
+        );
+    }
+}
