@@ -28,6 +28,7 @@ fn a_leaking_closure_fails_and_names_the_leak() {
         remember_request(&mut log, id);
     })
     .expect_err("500 × 2 KiB kept must be caught");
+    println!("leak: {report}");
     assert!(report.grown_bytes >= 500 * 2048, "{report}");
     let top = &report
         .growing_sites

@@ -18,6 +18,19 @@ pub fn write_flamegraph<W: Write>(
     profile: &Profile,
     sample_type: SampleType,
     title: &str,
+    writer: W,
+) -> io::Result<()> {
+    write_flamegraph_min_width(profile, sample_type, title, 0.1, writer)
+}
+
+/// [`write_flamegraph`], leaving out frames narrower than `min_width` pixels (of 1200). Dumps
+/// use one pixel: narrower frames cannot be seen, and drawing thousands of them is most of the
+/// cost of a dump with many distinct stacks (the `.pb.gz` keeps every one).
+pub fn write_flamegraph_min_width<W: Write>(
+    profile: &Profile,
+    sample_type: SampleType,
+    title: &str,
+    min_width: f64,
     mut writer: W,
 ) -> io::Result<()> {
     let lines = folded_lines(profile, sample_type);
@@ -28,6 +41,7 @@ pub fn write_flamegraph<W: Write>(
     options.title = format!("{title} ({})", sample_type.name());
     options.count_name = sample_type.unit().to_owned();
     options.colors = Palette::Basic(BasicPalette::Mem);
+    options.min_width = min_width;
     options.subtitle = Some(format!(
         "sampled every {} bytes on average; widths are unbiased estimates",
         profile.sample_rate_bytes

@@ -113,7 +113,9 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
 /// ```
 pub fn write_pprof<W: Write>(profile: &Profile, writer: W) -> io::Result<()> {
     let message = to_pprof(profile);
-    let mut encoder = GzEncoder::new(writer, Compression::default());
+    // The fastest level: profiles are written when memory is short, and on scrape; the files
+    // come out ~15 % larger than at the default level, in a fraction of the time.
+    let mut encoder = GzEncoder::new(writer, Compression::fast());
     encoder.write_all(&message.encode_to_vec())?;
     encoder.finish()?.flush()
 }

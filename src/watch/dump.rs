@@ -212,7 +212,13 @@ pub fn read_summary(set: &DumpSet) -> io::Result<DumpSummary> {
 fn write_svg(profile: &Profile, out: &mut Vec<u8>) -> io::Result<()> {
     #[cfg(feature = "flamegraph")]
     {
-        crate::encode::write_flamegraph(profile, SampleType::InuseSpace, "live heap", out)
+        crate::encode::write_flamegraph_min_width(
+            profile,
+            SampleType::InuseSpace,
+            "live heap",
+            1.0,
+            out,
+        )
     }
     #[cfg(not(feature = "flamegraph"))]
     {
