@@ -115,12 +115,12 @@ impl Default for DetectorConfig {
             window: Duration::from_secs(600),
             floor_window: Duration::from_secs(120),
             segments: 20,
-            significance: 1e-3,
+            significance: 5e-4,
             min_leak_per_minute: 1e-3,
             min_leak_per_minute_without_limit: 1e-2,
             spike_fraction: 0.1,
             near_limit_fraction: 0.85,
-            confirm: Duration::from_secs(20),
+            confirm: Duration::from_secs(30),
         }
     }
 }
