@@ -172,22 +172,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let profile = Profile {
-            sample_rate_bytes: 512 * 1024,
-            samples: vec![Sample {
-                locations: vec![0],
-                values: [2, 200, 1, 100],
-            }],
-            locations: vec![Location {
-                address: 0x1234,
-                mapping: None,
-                lines: vec![Line {
-                    function: "grow".into(),
-                    ..Line::default()
-                }],
-            }],
-            ..Profile::default()
-        };
+        let profile = Profile::one_site("grow", 0x1234, [2, 200, 1, 100]);
         let mut bytes = Vec::new();
         crate::encode::write_pprof(&profile, &mut bytes).unwrap();
         let back = read_pprof(&bytes).unwrap();

@@ -101,6 +101,30 @@ pub struct Profile {
     pub default_sample_type: Option<SampleType>,
 }
 
+#[cfg(test)]
+impl Profile {
+    /// A profile of one stack, one named frame deep, with `values` as in [`Sample::values`]:
+    /// the smallest input the encoders, the decoder and the dump writer accept.
+    pub(crate) fn one_site(function: &str, address: u64, values: [i64; 4]) -> Profile {
+        Profile {
+            sample_rate_bytes: 512 * 1024,
+            samples: vec![Sample {
+                locations: vec![0],
+                values,
+            }],
+            locations: vec![Location {
+                address,
+                mapping: None,
+                lines: vec![Line {
+                    function: function.into(),
+                    ..Line::default()
+                }],
+            }],
+            ..Profile::default()
+        }
+    }
+}
+
 /// The estimated totals of one stack.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {

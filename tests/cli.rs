@@ -18,6 +18,27 @@ fn heapwatch(args: &[&str]) -> Output {
         .expect("run heapwatch")
 }
 
+/// Runs `heapwatch args…`, which must succeed and write the SVG `svg`; returns its standard
+/// output and the SVG's text, checked to be well-formed XML.
+fn heapwatch_svg(args: &[&str], svg: &Path) -> (String, String) {
+    let out = heapwatch(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(svg).unwrap();
+    roxmltree::Document::parse_with_options(
+        &text,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("well-formed SVG");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), text)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("heapwatch-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -195,26 +216,15 @@ fn flamegraph_of_a_go_profile_and_of_ours() {
         (demo_profile(), ["demo::cache_pages", "demo::parse_records"]),
     ] {
         let svg = dir.join("out.svg");
-        let out = heapwatch(&[
-            "flamegraph",
-            profile.to_str().unwrap(),
-            "-o",
-            svg.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (_, text) = heapwatch_svg(
+            &[
+                "flamegraph",
+                profile.to_str().unwrap(),
+                "-o",
+                svg.to_str().unwrap(),
+            ],
+            &svg,
         );
-        let text = std::fs::read_to_string(&svg).unwrap();
-        roxmltree::Document::parse_with_options(
-            &text,
-            roxmltree::ParsingOptions {
-                allow_dtd: true,
-                ..Default::default()
-            },
-        )
-        .expect("well-formed SVG");
         for name in expected {
             assert!(
                 text.contains(name),
@@ -246,34 +256,22 @@ fn diff_names_the_grower() {
     let new = dir.join("new.pb.gz");
     heapwatch::encode::write_pprof(&grown, std::fs::File::create(&new).unwrap()).unwrap();
     let svg = dir.join("diff.svg");
-    let out = heapwatch(&[
-        "diff",
-        base.to_str().unwrap(),
-        new.to_str().unwrap(),
-        "-o",
-        svg.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (text, svg_text) = heapwatch_svg(
+        &[
+            "diff",
+            base.to_str().unwrap(),
+            new.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ],
+        &svg,
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     let first_grower = text
         .lines()
         .skip_while(|l| !l.contains("top growers"))
         .nth(1)
         .unwrap_or_default();
     assert!(first_grower.ends_with("demo::parse_records"), "{text}");
-    let svg_text = std::fs::read_to_string(&svg).unwrap();
-    roxmltree::Document::parse_with_options(
-        &svg_text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )
-    .expect("well-formed SVG");
     assert!(svg_text.contains("parse_records"));
 }
 
@@ -309,19 +307,15 @@ fn ls_and_timeline_on_real_dump_sets() {
     assert!(listing.contains("threshold") && listing.contains("of 96.00MB"));
 
     let svg = dir.join("timeline.svg");
-    let out = heapwatch(&[
-        "timeline",
-        dumps.to_str().unwrap(),
-        "-o",
-        svg.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, text) = heapwatch_svg(
+        &[
+            "timeline",
+            dumps.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ],
+        &svg,
     );
-    let text = std::fs::read_to_string(&svg).unwrap();
-    roxmltree::Document::parse(&text).expect("well-formed SVG");
     for expected in ["live heap", "working set", "limit", "threshold"] {
         assert!(text.contains(expected), "{expected} not in the timeline");
     }
@@ -329,34 +323,17 @@ fn ls_and_timeline_on_real_dump_sets() {
 }
 
 fn screenshot_is_not_blank(svg: &Path, dir: &Path) {
-    let shot = dir.join("timeline.png");
-    let output = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1000,420",
-        ])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", svg.display()))
-        .env("HOME", dir)
-        .output()
-        .expect("chromium (Debian package chromium) is required");
-    assert!(
-        shot.exists(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let shot = common::chromium_screenshot(
+        &format!("file://{}", svg.display()),
+        "1000,420",
+        dir,
+        "timeline.png",
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut pixels).unwrap();
-    let channels = info.color_type.samples();
-    let coloured = pixels[..info.buffer_size()]
-        .chunks(channels)
+    let coloured = shot
+        .rgb
+        .iter()
         .filter(|px| {
-            let (r, g, b) = (px[0] as i32, px[1] as i32, px[2] as i32);
+            let [r, g, b] = px.map(i32::from);
             (r - g).abs() > 60 || (g - b).abs() > 60 || (r - b).abs() > 60
         })
         .count();
@@ -365,9 +342,6 @@ fn screenshot_is_not_blank(svg: &Path, dir: &Path) {
         coloured > 500,
         "the timeline screenshot shows no coloured lines"
     );
-    if let Ok(dest) = std::env::var("HEAPWATCH_SCREENSHOT_DIR") {
-        std::fs::copy(&shot, Path::new(&dest).join("timeline.png")).unwrap();
-    }
 }
 
 #[test]

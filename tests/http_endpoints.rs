@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -231,45 +231,24 @@ fn prometheus_scrapes(addr: &str, scratch: &Path) {
 }
 
 fn chromium_renders_the_flamegraph(addr: &str, scratch: &Path) {
-    let shot: PathBuf = scratch.join("flamegraph.png");
-    let output = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1200,700",
-        ])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("http://{addr}/debug/heap/flamegraph.svg"))
-        .env("HOME", scratch)
-        .output()
-        .expect("run chromium");
-    assert!(
-        shot.exists(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let shot = common::chromium_screenshot(
+        &format!("http://{addr}/debug/heap/flamegraph.svg"),
+        "1200,700",
+        scratch,
+        "flamegraph.png",
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().expect("a PNG");
-    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
-    let info = reader.next_frame(&mut pixels).expect("a frame");
-    let channels = info.color_type.samples();
-    let pixels = &pixels[..info.buffer_size()];
-    let mut colours = std::collections::HashSet::new();
-    let mut warm = 0usize;
-    for px in pixels.chunks(channels) {
-        colours.insert(px[..3].to_vec());
-        // The memory palette: greens and blues; the background is near white.
-        if px[0] < 200 || px[1] < 200 || px[2] < 200 {
-            warm += 1;
-        }
-    }
-    let share = warm as f64 / (pixels.len() / channels) as f64;
+    let colours: std::collections::HashSet<[u8; 3]> = shot.rgb.iter().copied().collect();
+    // The memory palette: greens and blues; the background is near white.
+    let drawn = shot
+        .rgb
+        .iter()
+        .filter(|px| px.iter().any(|&c| c < 200))
+        .count();
+    let share = drawn as f64 / shot.rgb.len() as f64;
     println!(
         "http_endpoints: screenshot {}×{}, {} colours, {:.0} % not background",
-        info.width,
-        info.height,
+        shot.width,
+        shot.height,
         colours.len(),
         100.0 * share
     );
@@ -277,7 +256,4 @@ fn chromium_renders_the_flamegraph(addr: &str, scratch: &Path) {
         colours.len() > 20 && share > 0.05,
         "the flamegraph screenshot looks blank"
     );
-    if let Ok(dir) = std::env::var("HEAPWATCH_SCREENSHOT_DIR") {
-        std::fs::copy(&shot, Path::new(&dir).join("flamegraph.png")).unwrap();
-    }
 }

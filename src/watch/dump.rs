@@ -255,22 +255,7 @@ mod tests {
     use crate::profile::{Line, Location, Sample};
 
     fn profile() -> Profile {
-        Profile {
-            sample_rate_bytes: 512 * 1024,
-            samples: vec![Sample {
-                locations: vec![0],
-                values: [1, 4096, 1, 4096],
-            }],
-            locations: vec![Location {
-                address: 0x1000,
-                mapping: None,
-                lines: vec![Line {
-                    function: "grow_cache".into(),
-                    ..Line::default()
-                }],
-            }],
-            ..Profile::default()
-        }
+        Profile::one_site("grow_cache", 0x1000, [1, 4096, 1, 4096])
     }
 
     fn scratch(name: &str) -> PathBuf {

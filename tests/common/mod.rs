@@ -23,13 +23,15 @@ pub fn example_binary(name: &str) -> PathBuf {
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
-    // The same features as this test was built with, so the library is not rebuilt.
+    // Exactly the features this test was built with (all of them), so cargo reuses the library and
+    // the examples `cargo test` already built instead of rebuilding them for a different set.
     let features: Vec<&str> = [
         ("jemalloc", cfg!(feature = "jemalloc")),
         ("flamegraph", cfg!(feature = "flamegraph")),
         ("dwarf", cfg!(feature = "dwarf")),
         ("http", cfg!(feature = "http")),
         ("axum", cfg!(feature = "axum")),
+        ("cli", cfg!(feature = "cli")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -77,4 +79,61 @@ pub fn pprof_top(profile: &Path, sample_index: &str) -> Vec<(String, i64)> {
             Some((fields[5..].join(" "), flat))
         })
         .collect()
+}
+
+/// The pixels of a headless-Chromium screenshot, as RGB triples.
+pub struct Screenshot {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<[u8; 3]>,
+}
+
+/// Renders `url` in headless Chromium at `window` (`"W,H"`) into `dir/name`, decodes it and, when
+/// `HEAPWATCH_SCREENSHOT_DIR` is set, copies it there (that is how the README's pictures are made).
+/// Panics, saying what to install, when Chromium is missing.
+pub fn chromium_screenshot(url: &str, window: &str, dir: &Path, name: &str) -> Screenshot {
+    let shot = dir.join(name);
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--window-size={window}"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(url)
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("chromium could not be run ({e}): install Debian package chromium; this test does not pass without it")
+        });
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = std::fs::File::open(&shot).expect("open the screenshot");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut pixels).expect("a PNG frame");
+    let channels = info.color_type.samples();
+    let rgb = pixels[..info.buffer_size()]
+        .chunks(channels)
+        .map(|px| [px[0], px[1], px[2]])
+        .collect();
+    if let Ok(dest) = std::env::var("HEAPWATCH_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, Path::new(&dest).join(name)).expect("copy the screenshot");
+    }
+    Screenshot {
+        width: info.width,
+        height: info.height,
+        rgb,
+    }
 }
