@@ -252,7 +252,6 @@ fn file_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Line, Location, Sample};
 
     fn profile() -> Profile {
         Profile::one_site("grow_cache", 0x1000, [1, 4096, 1, 4096])
