@@ -36,23 +36,31 @@ declare -A configs=(
 )
 benches=(${BENCHES:-bare_jemalloc heapwatch_jemalloc bare_system heapwatch_system peer_cap jemalloc_prof peer_re_memory peer_dhat})
 
-# jemalloc's profiling lives in a crate of its own (see peers/jemalloc-prof/Cargo.toml).
+# Peers that live in crates of their own (see their Cargo.toml for why).
+declare -A peer_crates=(
+    [jemalloc_prof]="peers/jemalloc-prof"
+    [peer_re_memory]="peers/re-memory"
+)
 bench() {
     local name="$1"
     shift
-    if [[ "$name" == jemalloc_prof ]]; then
-        cargo bench --quiet --manifest-path peers/jemalloc-prof/Cargo.toml --bench "$name" "$@"
+    if [[ -n "${peer_crates[$name]:-}" ]]; then
+        cargo bench --quiet --manifest-path "${peer_crates[$name]}/Cargo.toml" --bench "$name" "$@"
     else
         cargo bench --quiet --bench "$name" "$@"
     fi
 }
 
 echo "building…" >&2
-main_benches=$(printf -- '--bench=%s ' "${benches[@]}" | sed 's/--bench=jemalloc_prof //')
-cargo bench --no-run --quiet $main_benches --bench=dump_cost
-if [[ " ${benches[*]} " == *" jemalloc_prof "* ]]; then
-    cargo bench --no-run --quiet --manifest-path peers/jemalloc-prof/Cargo.toml
-fi
+main_benches=()
+for name in "${benches[@]}"; do
+    if [[ -n "${peer_crates[$name]:-}" ]]; then
+        cargo bench --no-run --quiet --manifest-path "${peer_crates[$name]}/Cargo.toml"
+    else
+        main_benches+=("--bench=$name")
+    fi
+done
+cargo bench --no-run --quiet "${main_benches[@]}" --bench=dump_cost
 
 for round in $(seq 1 "$rounds"); do
     order=("${benches[@]}")

@@ -1,11 +1,12 @@
 //! Peer: re_memory's accounting allocator over jemalloc, with call-stack tracking on (every
 //! allocation of 1 MiB or more, one in 64 between 1 KiB and 1 MiB by address hash, none below).
 
+#[path = "../../../benches/common/mod.rs"]
 mod common;
 
 #[global_allocator]
-static ALLOC: re_memory::AccountingAllocator<heapwatch::Jemalloc> =
-    re_memory::AccountingAllocator::new(heapwatch::Jemalloc);
+static ALLOC: re_memory::AccountingAllocator<tikv_jemallocator::Jemalloc> =
+    re_memory::AccountingAllocator::new(tikv_jemallocator::Jemalloc);
 
 fn main() {
     common::main(&[common::Config {

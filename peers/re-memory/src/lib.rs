@@ -1,0 +1,1 @@
+//! Empty: this crate exists for its benchmark (`benches/jemalloc_prof.rs`).
