@@ -18,10 +18,10 @@ fn heapwatch(args: &[&str]) -> Output {
         .expect("run heapwatch")
 }
 
-/// Runs `heapwatch args…`, which must succeed and write the SVG `svg`; returns its standard
-/// output and the SVG's text, checked to be well-formed XML.
+/// Runs `heapwatch args… -o svg`, which must succeed; returns its standard output and the SVG's
+/// text, checked to be well-formed XML.
 fn heapwatch_svg(args: &[&str], svg: &Path) -> (String, String) {
-    let out = heapwatch(args);
+    let out = heapwatch(&[args, &["-o", svg.to_str().unwrap()]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -216,15 +216,7 @@ fn flamegraph_of_a_go_profile_and_of_ours() {
         (demo_profile(), ["demo::cache_pages", "demo::parse_records"]),
     ] {
         let svg = dir.join("out.svg");
-        let (_, text) = heapwatch_svg(
-            &[
-                "flamegraph",
-                profile.to_str().unwrap(),
-                "-o",
-                svg.to_str().unwrap(),
-            ],
-            &svg,
-        );
+        let (_, text) = heapwatch_svg(&["flamegraph", profile.to_str().unwrap()], &svg);
         for name in expected {
             assert!(
                 text.contains(name),
@@ -257,13 +249,7 @@ fn diff_names_the_grower() {
     heapwatch::encode::write_pprof(&grown, std::fs::File::create(&new).unwrap()).unwrap();
     let svg = dir.join("diff.svg");
     let (text, svg_text) = heapwatch_svg(
-        &[
-            "diff",
-            base.to_str().unwrap(),
-            new.to_str().unwrap(),
-            "-o",
-            svg.to_str().unwrap(),
-        ],
+        &["diff", base.to_str().unwrap(), new.to_str().unwrap()],
         &svg,
     );
     let first_grower = text
@@ -307,15 +293,7 @@ fn ls_and_timeline_on_real_dump_sets() {
     assert!(listing.contains("threshold") && listing.contains("of 96.00MB"));
 
     let svg = dir.join("timeline.svg");
-    let (_, text) = heapwatch_svg(
-        &[
-            "timeline",
-            dumps.to_str().unwrap(),
-            "-o",
-            svg.to_str().unwrap(),
-        ],
-        &svg,
-    );
+    let (_, text) = heapwatch_svg(&["timeline", dumps.to_str().unwrap()], &svg);
     for expected in ["live heap", "working set", "limit", "threshold"] {
         assert!(text.contains(expected), "{expected} not in the timeline");
     }
