@@ -34,8 +34,17 @@ fn main() {
         .horizon(Duration::ZERO)
         .start()
         .expect("start the watch");
-    // Let the first tick run and arm the watermark.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the first tick (it publishes its reading, then arms the watermark a few
+    // microseconds later): a fixed sleep could end before it on a busy machine.
+    let first_tick = Instant::now();
+    while watch::last_reading().is_none() {
+        assert!(
+            first_tick.elapsed() < Duration::from_secs(10),
+            "the watch thread never ticked"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         dumps(),
         0,

@@ -75,8 +75,18 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
     heapwatch::set_sample_rate(RATE);
     drop(heapwatch::snapshot());
 
+    // The other thread answers each batch once it has freed it, so the snapshots below see
+    // its frees whatever the scheduler does (a sleep here once lost that race on a busy machine).
     let (to_freer, freer_inbox) = mpsc::channel::<Vec<Vec<u8>>>();
-    let freer = std::thread::spawn(move || freer_inbox.into_iter().map(|v| v.len()).sum::<usize>());
+    let (freed, freed_inbox) = mpsc::channel::<()>();
+    let freer = std::thread::spawn(move || {
+        for batch in freer_inbox {
+            drop(batch);
+            if freed.send(()).is_err() {
+                break;
+            }
+        }
+    });
 
     let errors = || Errors(Vec::with_capacity(TRIALS as usize));
     let (mut mixed_space, mut mixed_objects) = (errors(), errors());
@@ -114,8 +124,7 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
             }
         }
         to_freer.send(elsewhere).unwrap();
-        // Let the other thread's frees land before the snapshot.
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        freed_inbox.recv().expect("the freeing thread answers");
 
         let profile = heapwatch::snapshot();
         let error = |estimate: f64, truth: f64| estimate / truth - 1.0;
@@ -137,7 +146,6 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
         ));
 
         drop((kept, grown, small, profile));
-        std::thread::sleep(std::time::Duration::from_millis(1));
         let after = heapwatch::snapshot();
         let leftover: f64 = ["mixed_site", "grown_site", "small_site"]
             .iter()
