@@ -16,9 +16,10 @@
 //! assert!(result.is_err());
 //! ```
 //!
-//! The bytes are counted exactly, on the calling thread (allocated minus freed by it), so
-//! tests running in parallel on other threads do not disturb the verdict. The call sites come
-//! from the sampled profile, taken at a fine rate (1 KiB) while the check runs.
+//! The bytes are counted exactly, on the calling thread (allocated minus freed by it), and the
+//! call sites come from the sampled blocks that thread allocated and still holds (sampled at a
+//! fine rate, 1 KiB, while the check runs), so tests running in parallel on other threads
+//! disturb neither the verdict nor the sites it names.
 
 use crate::{Profile, SampleType};
 use std::collections::HashMap;
@@ -83,13 +84,13 @@ pub fn check(
     }
     let previous_rate = crate::sample_rate();
     crate::set_sample_rate(CHECK_SAMPLE_RATE);
-    let before_profile = crate::snapshot();
+    let before_profile = crate::snapshot::thread_snapshot();
     let before = crate::thread_state::thread_net_bytes().unwrap_or(0);
     for _ in 0..iterations {
         f();
     }
     let after = crate::thread_state::thread_net_bytes().unwrap_or(0);
-    let after_profile = crate::snapshot();
+    let after_profile = crate::snapshot::thread_snapshot();
     crate::set_sample_rate(previous_rate);
 
     let report = GrowthReport {

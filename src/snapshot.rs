@@ -5,7 +5,7 @@
 
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
-use crate::table;
+use crate::table::{self, RawStackTotals};
 use crate::thread_state::ProfilerGuard;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -86,6 +86,17 @@ fn is_std_function(name: &str) -> bool {
 /// assert!(live >= 0);
 /// ```
 pub fn snapshot() -> Profile {
+    snapshot_of(table::Scope::Process)
+}
+
+/// The live blocks the calling thread allocated and still holds, wherever they are freed; the
+/// `alloc_*` figures are zero. What [`leak_check`](crate::leak_check) reads, so that other
+/// threads (tests running in parallel) never show up among a check's growing sites.
+pub(crate) fn thread_snapshot() -> Profile {
+    snapshot_of(table::Scope::Thread(crate::thread_state::current_thread()))
+}
+
+fn snapshot_of(scope: table::Scope) -> Profile {
     let _guard = ProfilerGuard::enter();
     let time_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -95,7 +106,7 @@ pub fn snapshot() -> Profile {
         sample_rate_bytes: crate::sample_rate(),
         ..Profile::default()
     };
-    let Some(raw) = table::raw_snapshot() else {
+    let Some(raw) = table::raw_snapshot(scope) else {
         return profile;
     };
 
@@ -144,6 +155,10 @@ pub fn snapshot() -> Profile {
 
     let mut overflow_location = None;
     for &(start, len, totals) in raw.stacks.iter() {
+        if totals == RawStackTotals::default() {
+            // Only in a thread's snapshot: a stack with nothing of that thread's live.
+            continue;
+        }
         let frames = &raw.frames[start as usize..(start + len) as usize];
         let mut locations: Vec<usize> = frames
             .iter()

@@ -8,6 +8,7 @@
 
 use crate::filter;
 use crate::internal_alloc::ProfilerAlloc;
+use crate::thread_state::{self, ThreadTag};
 use allocator_api2::vec::Vec as PVec;
 use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashTable};
@@ -31,6 +32,9 @@ pub(crate) struct LiveSample {
     stack: u32,
     size: u64,
     rate_bytes: u64,
+    /// The allocating thread (see [`thread_state::current_thread`]), so a thread can read
+    /// back what it alone keeps alive.
+    thread: ThreadTag,
 }
 
 struct StackEntry {
@@ -72,8 +76,9 @@ fn lock() -> MutexGuard<'static, Table> {
 }
 
 /// Records a sampled allocation at `addr` of `size` bytes drawn at `rate_bytes`, whose stack
-/// (innermost first) is `frames`.
+/// (innermost first) is `frames`, made by the calling thread.
 pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) {
+    let thread = thread_state::current_thread();
     let weight = crate::sampler::unbias_factor(size, rate_bytes);
     let mut table = lock();
     let stack = table.intern(frames);
@@ -88,6 +93,7 @@ pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) 
         stack,
         size,
         rate_bytes,
+        thread,
     };
     if !table.add_live(addr, sample) {
         table.dropped_samples += 1;
@@ -181,7 +187,7 @@ impl Table {
 }
 
 /// One stack's figures in a raw snapshot (estimates, before rounding).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct RawStackTotals {
     pub alloc_objects: f64,
     pub alloc_bytes: f64,
@@ -200,33 +206,47 @@ pub(crate) struct RawSnapshot {
     pub overflowed: bool,
 }
 
+/// Whose live samples a snapshot counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The whole process: live and allocated figures.
+    Process,
+    /// Only blocks still live that this thread allocated; the `alloc_*` figures are left at
+    /// zero, since they are kept per stack, not per thread.
+    Thread(ThreadTag),
+}
+
 /// Copies the table. `None` if profiler memory for the copy could not be had.
-pub(crate) fn raw_snapshot() -> Option<RawSnapshot> {
+pub(crate) fn raw_snapshot(scope: Scope) -> Option<RawSnapshot> {
     let table = lock();
     let mut frames = PVec::new_in(ProfilerAlloc);
     let mut stacks = PVec::new_in(ProfilerAlloc);
     frames.try_reserve_exact(table.frames.len()).ok()?;
     stacks.try_reserve_exact(table.stacks.len() + 1).ok()?;
     frames.extend_from_slice(&table.frames);
-    for entry in table.stacks.iter() {
-        let totals = RawStackTotals {
-            alloc_objects: entry.alloc_objects,
-            alloc_bytes: entry.alloc_bytes,
+    let allocated = |objects: f64, bytes: f64| match scope {
+        Scope::Process => RawStackTotals {
+            alloc_objects: objects,
+            alloc_bytes: bytes,
             ..RawStackTotals::default()
-        };
+        },
+        Scope::Thread(_) => RawStackTotals::default(),
+    };
+    for entry in table.stacks.iter() {
+        let totals = allocated(entry.alloc_objects, entry.alloc_bytes);
         stacks.push((entry.frames_start, entry.frames_len, totals));
     }
     let overflowed = table.overflow_alloc_objects > 0.0;
     let overflow_index = stacks.len();
     if overflowed {
-        let totals = RawStackTotals {
-            alloc_objects: table.overflow_alloc_objects,
-            alloc_bytes: table.overflow_alloc_bytes,
-            ..RawStackTotals::default()
-        };
+        let totals = allocated(table.overflow_alloc_objects, table.overflow_alloc_bytes);
         stacks.push((0, 0, totals));
     }
-    for sample in table.live.values() {
+    let counted = |sample: &&LiveSample| match scope {
+        Scope::Process => true,
+        Scope::Thread(thread) => sample.thread == thread,
+    };
+    for sample in table.live.values().filter(counted) {
         let index = if sample.stack == OVERFLOW_STACK {
             overflow_index
         } else {

@@ -269,6 +269,29 @@ impl Drop for ProfilerGuard {
     }
 }
 
+/// Which thread allocated a sample: the address of its counter block, the same identity the
+/// per-thread byte counts use. A block handed back by an exited thread goes to a later one, which
+/// so inherits the tag (and the counts) of its predecessor. Threads without a block share
+/// [`ThreadTag::NONE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadTag(usize);
+
+impl ThreadTag {
+    /// A thread before its first allocation or after its exit.
+    pub(crate) const NONE: ThreadTag = ThreadTag(0);
+}
+
+/// The calling thread's tag.
+pub(crate) fn current_thread() -> ThreadTag {
+    STATE
+        .try_with(|state| {
+            state.block.get().map_or(ThreadTag::NONE, |block| {
+                ThreadTag(std::ptr::from_ref(block) as usize)
+            })
+        })
+        .unwrap_or(ThreadTag::NONE)
+}
+
 /// Bytes the calling thread allocated minus the bytes it freed (through its counter block);
 /// `None` before its first allocation or after its exit.
 pub(crate) fn thread_net_bytes() -> Option<i64> {

@@ -249,7 +249,7 @@ pub fn warm_symbol_cache() {
     let Some(_guard) = crate::thread_state::ProfilerGuard::enter() else {
         return;
     };
-    if let Some(raw) = crate::table::raw_snapshot() {
+    if let Some(raw) = crate::table::raw_snapshot(crate::table::Scope::Process) {
         let mut addresses: Vec<u64> = raw
             .frames
             .iter()
