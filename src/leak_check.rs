@@ -23,6 +23,7 @@
 
 use crate::{Profile, SampleType};
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 /// Mean sampling interval while a check runs: fine enough to name sites that leak a few KiB.
 const CHECK_SAMPLE_RATE: u64 = 1024;
@@ -82,8 +83,7 @@ pub fn check(
     for _ in 0..iterations.clamp(1, 10) {
         f();
     }
-    let previous_rate = crate::sample_rate();
-    crate::set_sample_rate(CHECK_SAMPLE_RATE);
+    let fine_sampling = FineSampling::begin();
     let before_profile = crate::snapshot::thread_snapshot();
     let before = crate::thread_state::thread_net_bytes().unwrap_or(0);
     for _ in 0..iterations {
@@ -91,7 +91,7 @@ pub fn check(
     }
     let after = crate::thread_state::thread_net_bytes().unwrap_or(0);
     let after_profile = crate::snapshot::thread_snapshot();
-    crate::set_sample_rate(previous_rate);
+    drop(fine_sampling);
 
     let report = GrowthReport {
         iterations,
@@ -113,6 +113,40 @@ pub fn check(
 pub fn assert_no_leak(iterations: usize, f: impl FnMut()) {
     if let Err(report) = check(iterations, iterations as u64, f) {
         panic!("leak: {report}");
+    }
+}
+
+/// Checks in progress, and the sample rate to restore when the last one ends.
+static FINE_SAMPLING: Mutex<(usize, u64)> = Mutex::new((0, 0));
+
+/// Holds the sample rate at [`CHECK_SAMPLE_RATE`] (or finer) while any check runs: checks in tests that
+/// run in parallel overlap, and the first to finish must not restore the coarse rate under the
+/// others. Restored on drop, so also when the closure panics.
+struct FineSampling;
+
+impl FineSampling {
+    fn begin() -> Self {
+        let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.0 == 0 {
+            let previous = crate::sample_rate();
+            active.1 = previous;
+            // Finer already (a test may sample every byte): keep it; off: turn it on.
+            if previous == 0 || previous > CHECK_SAMPLE_RATE {
+                crate::set_sample_rate(CHECK_SAMPLE_RATE);
+            }
+        }
+        active.0 += 1;
+        FineSampling
+    }
+}
+
+impl Drop for FineSampling {
+    fn drop(&mut self) {
+        let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
+        active.0 -= 1;
+        if active.0 == 0 {
+            crate::set_sample_rate(active.1);
+        }
     }
 }
 
@@ -141,4 +175,52 @@ fn growing_sites(before: &Profile, after: &Profile) -> Vec<GrowingSite> {
             .then_with(|| a.function.cmp(&b.function))
     });
     sites
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    // The only unit test that changes the sample rate: nothing runs beside it to race.
+    #[test]
+    fn overlapping_and_panicking_checks_restore_the_rate_once_all_end() {
+        crate::set_sample_rate(300_000);
+        let first = FineSampling::begin();
+        let second = FineSampling::begin();
+        assert_eq!(crate::sample_rate(), CHECK_SAMPLE_RATE);
+        drop(first);
+        assert_eq!(
+            crate::sample_rate(),
+            CHECK_SAMPLE_RATE,
+            "the other check still runs"
+        );
+        drop(second);
+        assert_eq!(crate::sample_rate(), 300_000);
+
+        let rate_when_it_panicked = std::sync::atomic::AtomicU64::new(0);
+        let panicked = std::panic::catch_unwind(|| {
+            let mut calls = 0;
+            let _ = check(50, 0, || {
+                calls += 1;
+                if calls == 30 {
+                    rate_when_it_panicked.store(crate::sample_rate(), Ordering::Relaxed);
+                    panic!("the closure under test fails");
+                }
+            });
+        });
+        assert!(panicked.is_err());
+        assert_eq!(
+            rate_when_it_panicked.load(Ordering::Relaxed),
+            CHECK_SAMPLE_RATE,
+            "it panicked inside the measured iterations"
+        );
+        assert_eq!(crate::sample_rate(), 300_000, "restored after a panic");
+
+        crate::set_sample_rate(100);
+        let finer = FineSampling::begin();
+        assert_eq!(crate::sample_rate(), 100, "a finer rate is kept");
+        drop(finer);
+        crate::set_sample_rate(crate::DEFAULT_SAMPLE_RATE_BYTES);
+    }
 }
