@@ -134,6 +134,11 @@ impl FineSampling {
             if previous == 0 || previous > CHECK_SAMPLE_RATE {
                 crate::set_sample_rate(CHECK_SAMPLE_RATE);
             }
+        } else {
+            // The rate is already fine, but this thread may still be counting down an interval
+            // drawn at the coarse one (other threads switch at their next sampling point):
+            // redraw it now, or a small leak could pass unsampled.
+            crate::thread_state::refresh_sampler();
         }
         active.0 += 1;
         FineSampling

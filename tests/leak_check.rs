@@ -65,8 +65,8 @@ fn a_clean_closure_passes() {
 /// moment the check asks: the growth lands inside the check's window whatever the scheduler
 /// does, and stays alive until the check is over.
 struct GrowthElsewhere {
-    go: Option<mpsc::Sender<()>>,
-    grown: mpsc::Receiver<()>,
+    requests: Option<mpsc::Sender<bool>>,
+    done: mpsc::Receiver<()>,
     thread: std::thread::JoinHandle<usize>,
 }
 
@@ -79,34 +79,43 @@ fn grow_on_another_thread(kept: &mut Vec<Vec<u8>>) {
 
 impl GrowthElsewhere {
     fn start() -> Self {
-        let (go, go_inbox) = mpsc::channel::<()>();
-        let (grown_tx, grown) = mpsc::channel();
+        let (requests, inbox) = mpsc::channel::<bool>();
+        let (done_tx, done) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut kept = Vec::new();
-            if go_inbox.recv().is_ok() {
-                grow_on_another_thread(&mut kept);
-                grown_tx.send(()).unwrap();
-                // Hold it until the test is done with the check.
-                while go_inbox.recv().is_ok() {}
+            // `true`: grow now; `false`: only answer. Kept until the channel closes.
+            for grow in inbox {
+                if grow {
+                    grow_on_another_thread(&mut kept);
+                }
+                done_tx.send(()).unwrap();
             }
             kept.len()
         });
-        GrowthElsewhere {
-            go: Some(go),
-            grown,
+        let elsewhere = GrowthElsewhere {
+            requests: Some(requests),
+            done,
             thread,
-        }
+        };
+        // One round trip first: the channels allocate their buffers on first use, and that
+        // must not happen inside the check, on the checking thread.
+        elsewhere.ask(false);
+        elsewhere
+    }
+
+    fn ask(&self, grow: bool) {
+        self.requests.as_ref().unwrap().send(grow).unwrap();
+        self.done.recv().expect("the other thread answers");
     }
 
     /// Makes the other thread grow, and returns once it has.
     fn grow_now(&self) {
-        self.go.as_ref().unwrap().send(()).unwrap();
-        self.grown.recv().expect("the other thread grew");
+        self.ask(true);
     }
 
     /// Lets the other thread free its memory; the blocks it kept.
     fn finish(mut self) -> usize {
-        drop(self.go.take());
+        drop(self.requests.take());
         self.thread.join().unwrap()
     }
 }
@@ -145,12 +154,12 @@ fn another_threads_growth_is_neither_counted_nor_named() {
         report.grown_bytes < 2 * ITERATIONS as i64 * 2048,
         "the other thread's 8 MiB was counted: {report}"
     );
-    assert!(
-        report.growing_sites[0]
-            .function
-            .contains("remember_request"),
-        "{report}"
-    );
+    let top = &report
+        .growing_sites
+        .first()
+        .expect("a growing site")
+        .function;
+    assert!(top.contains("remember_request"), "{report}");
     assert!(
         !report
             .growing_sites

@@ -287,7 +287,8 @@ pub fn dump_errors() -> u64 {
     DUMP_ERRORS.load(Ordering::Relaxed)
 }
 
-/// The watch thread's latest reading; `None` before its first tick.
+/// The watch thread's latest reading; `None` before its first tick. Published at the end of
+/// each tick's decisions, after the allocator's early wake is armed for the next threshold.
 pub fn last_reading() -> Option<WatchReading> {
     LAST.lock().ok()?.clone()
 }
@@ -492,17 +493,6 @@ impl Watcher {
             (Some(limit), Some(ws)) if limit > 0 => Some(ws as f64 / limit as f64),
             _ => None,
         };
-        if let Ok(mut last) = LAST.lock() {
-            *last = Some(WatchReading {
-                unix_ms,
-                limit_bytes: memory.limit,
-                usage_bytes: memory.usage,
-                working_set_bytes: memory.working_set,
-                slope_bytes_per_second: slope,
-                eta_seconds: eta,
-            });
-        }
-
         let requested = match REQUEST.load(Ordering::Acquire) {
             1 => Some(Reason::OnDemand),
             2 => Some(Reason::Signal),
@@ -527,9 +517,21 @@ impl Watcher {
         }) {
             self.take_reserve();
         }
-        crate::metrics_export::update();
         // Armed before the slower work below, so a spike during it still wakes us.
         self.arm_early_wake(stats.live_bytes, &memory);
+        // Published once the tick's decisions are made and the wake is armed, so a reader that
+        // sees a reading knows the watch is fully set up (the metrics below read it).
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some(WatchReading {
+                unix_ms,
+                limit_bytes: memory.limit,
+                usage_bytes: memory.usage,
+                working_set_bytes: memory.working_set,
+                slope_bytes_per_second: slope,
+                eta_seconds: eta,
+            });
+        }
+        crate::metrics_export::update();
         if self
             .last_warm
             .is_none_or(|t| now.duration_since(t) >= WARM_SYMBOLS_EVERY)
