@@ -127,20 +127,22 @@ struct FineSampling;
 impl FineSampling {
     fn begin() -> Self {
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
-        if active.0 == 0 {
-            let previous = crate::sample_rate();
-            active.1 = previous;
-            // Finer already (a test may sample every byte): keep it; off: turn it on.
-            if previous == 0 || previous > CHECK_SAMPLE_RATE {
-                crate::set_sample_rate(CHECK_SAMPLE_RATE);
-            }
+        let first = active.0 == 0;
+        active.0 += 1;
+        if first {
+            active.1 = crate::sample_rate();
+        }
+        // Finer already (a test may sample every byte): keep it; off: turn it on.
+        let coarse = active.1 == 0 || active.1 > CHECK_SAMPLE_RATE;
+        if first && coarse {
+            // Redraws the calling thread's interval too.
+            crate::set_sample_rate(CHECK_SAMPLE_RATE);
         } else {
-            // The rate is already fine, but this thread may still be counting down an interval
-            // drawn at the coarse one (other threads switch at their next sampling point):
-            // redraw it now, or a small leak could pass unsampled.
+            // The rate is already what the check needs, but a thread applies a rate set
+            // elsewhere only at its next sampling point, so this one may still be counting down
+            // an interval drawn at a coarser rate: redraw it, or a small leak passes unsampled.
             crate::thread_state::refresh_sampler();
         }
-        active.0 += 1;
         FineSampling
     }
 }

@@ -1,24 +1,13 @@
 //! The test mode catches a leaking closure, naming the leaking function, and passes a clean
 //! one — while other tests allocate on other threads.
 
-use std::hint::black_box;
 use std::sync::mpsc;
+
+mod requests;
+use requests::{assert_blames_remember_request, handle_request, remember_request};
 
 #[global_allocator]
 static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
-
-#[inline(never)]
-fn remember_request(log: &mut Vec<Vec<u8>>, id: usize) {
-    log.push(vec![id as u8; 2048]);
-}
-
-#[inline(never)]
-fn handle_request(scratch: &mut Vec<u8>, id: usize) -> usize {
-    scratch.clear();
-    scratch.extend(std::iter::repeat_n(id as u8, 4096));
-    let temporary: Vec<String> = (0..16).map(|i| format!("{id}-{i}")).collect();
-    black_box(temporary.len() + scratch.len())
-}
 
 #[test]
 fn a_leaking_closure_fails_and_names_the_leak() {
@@ -31,15 +20,7 @@ fn a_leaking_closure_fails_and_names_the_leak() {
     .expect_err("500 × 2 KiB kept must be caught");
     println!("leak: {report}");
     assert!(report.grown_bytes >= 500 * 2048, "{report}");
-    let top = &report
-        .growing_sites
-        .first()
-        .expect("a growing site")
-        .function;
-    assert!(
-        top.contains("remember_request"),
-        "top growing site {top}: {report}"
-    );
+    assert_blames_remember_request(&report);
     let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         heapwatch::leak_check::assert_no_leak(100, || {
             id += 1;
@@ -154,12 +135,7 @@ fn another_threads_growth_is_neither_counted_nor_named() {
         report.grown_bytes < 2 * ITERATIONS as i64 * 2048,
         "the other thread's 8 MiB was counted: {report}"
     );
-    let top = &report
-        .growing_sites
-        .first()
-        .expect("a growing site")
-        .function;
-    assert!(top.contains("remember_request"), "{report}");
+    assert_blames_remember_request(&report);
     assert!(
         !report
             .growing_sites

@@ -8,23 +8,14 @@
 
 use std::sync::mpsc;
 
+mod requests;
+use requests::{assert_blames_remember_request, handle_request, remember_request};
+
 #[global_allocator]
 static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 
 /// 100 KiB kept: far less than the stale interval the joining thread counts down.
 const SMALL_LEAK_BLOCKS: usize = 50;
-
-#[inline(never)]
-fn remember_request(log: &mut Vec<Vec<u8>>, id: usize) {
-    log.push(vec![id as u8; 2048]);
-}
-
-#[inline(never)]
-fn handle_request(scratch: &mut Vec<u8>, id: usize) -> usize {
-    scratch.clear();
-    scratch.extend(std::iter::repeat_n(id as u8, 4096));
-    std::hint::black_box(scratch.len())
-}
 
 #[test]
 fn a_check_that_joins_a_running_one_still_names_a_small_leak() {
@@ -66,11 +57,6 @@ fn a_check_that_joins_a_running_one_still_names_a_small_leak() {
     });
     let report = joiner.join().unwrap();
     println!("joined check: {report}");
-    let top = &report
-        .growing_sites
-        .first()
-        .expect("a growing site")
-        .function;
-    assert!(top.contains("remember_request"), "{report}");
+    assert_blames_remember_request(&report);
     assert_eq!(heapwatch::sample_rate(), 1 << 30, "restored");
 }
