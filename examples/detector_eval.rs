@@ -198,6 +198,86 @@ pub fn false_rate(
     )
 }
 
+/// The first window of one series, with the detector asked at every reading as the watch asks
+/// at every tick: seconds to the first verdict other than `unknown` and to the first `leak`
+/// (`None`: not within the series), and the seconds with a `leak` verdict.
+pub fn first_verdicts(series: &[f64], config: &DetectorConfig) -> (Option<u64>, Option<u64>, u64) {
+    let mut detector = Detector::new(config.clone());
+    let (mut first, mut first_leak, mut leak_seconds) = (None, None, 0);
+    for (t, &heap) in series.iter().enumerate() {
+        let t = t as u64;
+        detector.push(Point::reading(
+            t * 1000,
+            heap as u64,
+            Some(heap as u64),
+            None,
+        ));
+        let kind = detector.evaluate(Some(LIMIT as u64)).kind;
+        if kind != VerdictKind::Unknown && first.is_none() {
+            first = Some(t);
+        }
+        if kind == VerdictKind::Leak {
+            first_leak = first_leak.or(Some(t));
+            leak_seconds += 1;
+        }
+    }
+    (first, first_leak, leak_seconds)
+}
+
+/// The first window of `series` series of `shape` (seeds as [`recall`]'s for a leak, as
+/// [`false_rate`]'s otherwise), asked at every simulated second.
+pub struct FirstWindow {
+    /// Median seconds to the first verdict other than `unknown`.
+    pub median_first_s: u64,
+    /// Longest seconds to it (the window's length if some series had none).
+    pub max_first_s: u64,
+    /// Share of series with a `leak` verdict within the window.
+    pub leak_share: f64,
+    /// Median seconds to that `leak` verdict, among the series with one.
+    pub median_leak_s: Option<u64>,
+    /// Share of all the seconds of the windows with a `leak` verdict.
+    pub leak_seconds_share: f64,
+}
+
+/// Time to the first verdict, and to the first `leak`, within the first window.
+pub fn first_window(shape: Shape, series: usize, config: &DetectorConfig) -> FirstWindow {
+    let window_s = config.window.as_secs();
+    let mut firsts = Vec::new();
+    let mut leaks = Vec::new();
+    let mut leak_seconds = 0;
+    for seed in 0..series as u64 {
+        let shape = if shape.leak_per_minute > 0.0 {
+            let mut rng = Rng::new(seed ^ 0xabc);
+            let top = (0.9 - shape.leak_per_minute * window_s as f64 / 60.0).clamp(0.2, 0.5);
+            Shape {
+                base: rng.uniform(0.2, top),
+                ..shape
+            }
+        } else {
+            shape
+        };
+        let seed = if shape.leak_per_minute > 0.0 {
+            seed
+        } else {
+            seed + 1000
+        };
+        let data = generate(shape, window_s, seed);
+        let (first, leak, seconds) = first_verdicts(&data, config);
+        firsts.push(first.unwrap_or(window_s));
+        leaks.extend(leak);
+        leak_seconds += seconds;
+    }
+    firsts.sort_unstable();
+    leaks.sort_unstable();
+    FirstWindow {
+        median_first_s: firsts[firsts.len() / 2],
+        max_first_s: firsts.last().copied().unwrap_or(0),
+        leak_share: leaks.len() as f64 / series.max(1) as f64,
+        median_leak_s: leaks.get(leaks.len() / 2).copied(),
+        leak_seconds_share: leak_seconds as f64 / (series.max(1) as u64 * window_s) as f64,
+    }
+}
+
 /// The verdicts seen, as "leak 3 %, spike 97 %".
 pub fn mix(verdicts: &HashMap<VerdictKind, usize>) -> String {
     let total: usize = verdicts.values().sum();
@@ -307,6 +387,91 @@ fn main() {
             100.0 * row.value,
             100.0 * any,
             mix(&row.verdicts)
+        );
+    }
+    println!();
+    println!("| first window (10 min), asked every second | n | first verdict: median, longest | series with `leak` in it | median time to it | seconds with `leak` |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let first_series = if quick { 50 } else { 200 };
+    let firsts = [
+        (
+            "flat, base 35 %",
+            Shape {
+                base: 0.35,
+                ..Shape::default()
+            },
+        ),
+        (
+            "spikes only, base 35 %",
+            Shape {
+                base: 0.35,
+                spikes: true,
+                ..Shape::default()
+            },
+        ),
+        (
+            "sawtooth only, base 35 %",
+            Shape {
+                base: 0.35,
+                sawtooth: true,
+                ..Shape::default()
+            },
+        ),
+        (
+            "one step up, base 35 %",
+            Shape {
+                base: 0.35,
+                step: true,
+                ..Shape::default()
+            },
+        ),
+        (
+            "flat at 90 % of the limit",
+            Shape {
+                base: 0.9,
+                ..Shape::default()
+            },
+        ),
+        (
+            "leak 0.50 %/min",
+            Shape {
+                leak_per_minute: 0.005,
+                ..Shape::default()
+            },
+        ),
+        (
+            "leak 0.50 %/min + spikes",
+            Shape {
+                leak_per_minute: 0.005,
+                spikes: true,
+                ..Shape::default()
+            },
+        ),
+        (
+            "leak 1.00 %/min",
+            Shape {
+                leak_per_minute: 0.01,
+                ..Shape::default()
+            },
+        ),
+        (
+            "leak 5.00 %/min",
+            Shape {
+                leak_per_minute: 0.05,
+                ..Shape::default()
+            },
+        ),
+    ];
+    for (label, shape) in firsts {
+        let row = first_window(shape, first_series, &config);
+        println!(
+            "| {label} | {first_series} | {} s, {} s | {:.1} % | {} | {:.2} % |",
+            row.median_first_s,
+            row.max_first_s,
+            100.0 * row.leak_share,
+            row.median_leak_s
+                .map_or("-".to_owned(), |s| format!("{s} s")),
+            100.0 * row.leak_seconds_share
         );
     }
 }

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The real clients the tests run; `.ci/run` installs them.
-for tool in go:golang-go promtool:prometheus prometheus:prometheus chromium:chromium; do
+for tool in go:golang-go promtool:prometheus prometheus:prometheus chromium:chromium objcopy:binutils; do
     if ! command -v "${tool%%:*}" >/dev/null; then
         echo "error: '${tool%%:*}' is not installed; the real-client tests need it (Debian package ${tool#*:}; bash .ci/run installs it)" >&2
         exit 1

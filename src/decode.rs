@@ -117,6 +117,7 @@ fn from_proto(p: &proto::Profile) -> Result<Profile, DecodeError> {
             let file = string(function.filename)?;
             lines.push(Line {
                 function: string(function.name)?.to_owned(),
+                system_name: string(function.system_name)?.to_owned(),
                 file: (!file.is_empty()).then(|| file.to_owned()),
                 line: u32::try_from(line.line).unwrap_or(0),
             });

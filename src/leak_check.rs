@@ -109,7 +109,9 @@ pub fn check(
 /// sites named.
 ///
 /// # Panics
-/// When the heap grew: the message says by how much and which call sites grew.
+/// When the heap grew: the message says by how much and which call sites grew, and the panic
+/// is reported at the caller's line (`#[track_caller]`), like `assert!`'s.
+#[track_caller]
 pub fn assert_no_leak(iterations: usize, f: impl FnMut()) {
     if let Err(report) = check(iterations, iterations as u64, f) {
         panic!("leak: {report}");
@@ -160,7 +162,7 @@ impl Drop for FineSampling {
 fn growing_sites(before: &Profile, after: &Profile) -> Vec<GrowingSite> {
     let live = |profile: &Profile| -> HashMap<String, i64> {
         profile
-            .top_functions(SampleType::InuseSpace)
+            .culprits(SampleType::InuseSpace, &crate::plumbing())
             .into_iter()
             .map(|f| (f.function, f.flat))
             .collect()

@@ -42,9 +42,12 @@
 //! symbol cache) comes from the C allocator directly and is reported by [`profiler_stats`]; it
 //! grows with the number of live samples and distinct stacks, not with the heap.
 //!
-//! Function names come from the ELF symbol table, resolved once per address and cached; full
-//! DWARF (file:line, inlined frames) is opt-in (feature `dwarf` and [`set_source_lines`])
-//! because it can take hundreds of MiB.
+//! Addresses are named once and cached. Where the binary has DWARF line tables (build with
+//! `debug = "line-tables-only"` or more; a separate debug file found by build id or
+//! `.gnu_debuglink` serves too), every inlined frame is named, fully qualified, with file and
+//! line (feature `dwarf`, on by default); otherwise names come from the ELF symbol table. The
+//! allocation machinery is cut from the leaf end of each stack, and where one culprit is named
+//! the [`Plumbing`] libraries are passed over.
 //!
 //! ## Outputs
 //!
@@ -67,6 +70,7 @@ mod internal_alloc;
 mod jemalloc_stats;
 pub mod leak_check;
 pub mod metrics_export;
+mod plumbing;
 mod profile;
 mod sampler;
 mod snapshot;
@@ -81,6 +85,7 @@ pub use counters::{__orphan_allocated_objects, stats, HeapStats};
 pub use internal_alloc::profiler_bytes;
 #[cfg(feature = "jemalloc")]
 pub use jemalloc_stats::{jemalloc_stats, JemallocStats};
+pub use plumbing::{plumbing, set_plumbing, Plumbing};
 pub use profile::{
     FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType, UnknownSampleType,
 };

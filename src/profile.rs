@@ -156,8 +156,11 @@ pub struct Location {
 /// A function (and, with DWARF, a source position) at a location.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Line {
-    /// Demangled function name, without the hash suffix.
+    /// Demangled, fully qualified function name, without the hash suffix
+    /// (`orders::sessions::retain_blob`, `<F as axum::handler::Handler<T,S>>::call::{{closure}}`).
     pub function: String,
+    /// The symbol's raw (mangled) name where one is known, else empty: pprof's `system_name`.
+    pub system_name: String,
     /// Source file, when DWARF line info was used.
     pub file: Option<String>,
     /// Source line, 0 when unknown.
@@ -202,7 +205,7 @@ impl Profile {
     }
 
     /// The function names of a sample's stack, innermost first, inlined frames expanded.
-    /// Unnamed addresses read as `0x…`.
+    /// Unnamed addresses read as their object (`[libc.so.6]`), or `0x…` outside any.
     pub fn stack_names<'a>(&'a self, sample: &'a Sample) -> impl Iterator<Item = String> + 'a {
         sample.locations.iter().flat_map(move |&index| {
             let location = self.locations.get(index);
@@ -210,10 +213,47 @@ impl Profile {
                 Some(location) if !location.lines.is_empty() => {
                     location.lines.iter().map(|l| l.function.clone()).collect()
                 }
-                Some(location) => vec![format!("{:#x}", location.address)],
+                Some(location) => vec![self.unnamed_location(location)],
                 None => vec!["[unknown]".to_owned()],
             };
             names
+        })
+    }
+
+    /// What an unnamed location reads as: its object's file name in brackets, as pprof shows
+    /// it, or its address when it lies in no known object.
+    fn unnamed_location(&self, location: &Location) -> String {
+        let object = location
+            .mapping
+            .and_then(|m| self.mappings.get(m))
+            .map(|m| m.path.rsplit('/').next().unwrap_or(&m.path))
+            .filter(|name| !name.is_empty());
+        match object {
+            Some(name) => format!("[{name}]"),
+            None => format!("{:#x}", location.address),
+        }
+    }
+
+    /// Per function, totals of one sample type where `flat` goes to each stack's *culprit*: its
+    /// innermost frame that is not [`Plumbing`](crate::Plumbing) (the innermost frame if all
+    /// are). Largest flat first. This is the list heapwatch names culprits from (reports, leak
+    /// suspects, summaries, [`leak_check`](crate::leak_check)); [`top_functions`](Self::top_functions)
+    /// is the list `go tool pprof -top` prints.
+    ///
+    /// ```
+    /// let profile = heapwatch::snapshot();
+    /// let culprits = profile.culprits(heapwatch::SampleType::InuseSpace, &heapwatch::plumbing());
+    /// assert!(culprits.windows(2).all(|w| w[0].flat >= w[1].flat));
+    /// ```
+    pub fn culprits(
+        &self,
+        sample_type: SampleType,
+        plumbing: &crate::Plumbing,
+    ) -> Vec<FunctionTotal> {
+        let names = FunctionNames::of(self);
+        let is_plumbing: Vec<bool> = names.names.iter().map(|n| plumbing.contains(n)).collect();
+        self.totals(&names, sample_type, |stack| {
+            stack.iter().position(|&id| !is_plumbing[id]).unwrap_or(0)
         })
     }
 
@@ -226,21 +266,34 @@ impl Profile {
     /// assert!(top.windows(2).all(|w| w[0].flat >= w[1].flat));
     /// ```
     pub fn top_functions(&self, sample_type: SampleType) -> Vec<FunctionTotal> {
-        let names = FunctionNames::of(self);
+        self.totals(&FunctionNames::of(self), sample_type, |_| 0)
+    }
+
+    /// Flat and cumulative totals per function; `flat` goes to the frame `flat_at` picks from
+    /// each stack's function ids (innermost first).
+    fn totals(
+        &self,
+        names: &FunctionNames,
+        sample_type: SampleType,
+        flat_at: impl Fn(&[usize]) -> usize,
+    ) -> Vec<FunctionTotal> {
         // Work on function ids, not strings: a dump of 10,000 stacks walks ~200,000 frames.
         let mut flat = vec![0i64; names.names.len()];
         let mut cum = vec![0i64; names.names.len()];
         // The last sample each function was counted in, so recursion counts once in `cum`.
         let mut counted_in = vec![usize::MAX; names.names.len()];
+        let mut stack = Vec::new();
         for (index, sample) in self.samples.iter().enumerate() {
             let value = sample.value(sample_type);
             if value == 0 {
                 continue;
             }
-            for (depth, id) in names.stack(sample).enumerate() {
-                if depth == 0 {
-                    flat[id] += value;
-                }
+            stack.clear();
+            stack.extend(names.stack(sample));
+            if let Some(&id) = stack.get(flat_at(&stack)) {
+                flat[id] += value;
+            }
+            for &id in &stack {
                 if counted_in[id] != index {
                     counted_in[id] = index;
                     cum[id] += value;
@@ -249,11 +302,11 @@ impl Profile {
         }
         let mut list: Vec<FunctionTotal> = names
             .names
-            .into_iter()
+            .iter()
             .enumerate()
             .filter(|(id, _)| counted_in[*id] != usize::MAX)
             .map(|(id, function)| FunctionTotal {
-                function,
+                function: function.clone(),
                 flat: flat[id],
                 cum: cum[id],
             })
@@ -292,7 +345,7 @@ impl FunctionNames {
             .iter()
             .map(|location| {
                 if location.lines.is_empty() {
-                    vec![intern(format!("{:#x}", location.address))]
+                    vec![intern(profile.unnamed_location(location))]
                 } else {
                     location
                         .lines

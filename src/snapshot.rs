@@ -3,6 +3,7 @@
 //! The table lock is held only for the copy (into profiler memory). Naming and building run
 //! unlocked, inside the profiler guard, so none of the snapshot's own allocations are sampled.
 
+use crate::plumbing;
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
 use crate::table::{self, RawStackTotals};
@@ -10,69 +11,8 @@ use crate::thread_state::ProfilerGuard;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Innermost frames that are the allocation machinery itself, not the code that asked for
-/// memory: heapwatch's sampled path, the unwinder, the allocator shims, and the standard
-/// library's collections and helpers (`Vec::with_capacity`, `vec![x; n]`, `String::push_str`,
-/// `Box::new`, std's `HashMap` over hashbrown…). They are cut from the leaf end of each stack
-/// so that the innermost frame is the program's own code that allocated — what
-/// `go tool pprof -top` should list first, as Go's profiles list the caller of `make`.
-const MACHINERY_PREFIXES: &[&str] = &[
-    "heapwatch::alloc::",
-    "<heapwatch::alloc::",
-    "heapwatch::thread_state::",
-    "heapwatch::stack::",
-    "heapwatch::table::",
-    "backtrace::",
-    "<backtrace::",
-    "_Unwind_",
-    "__rust_alloc",
-    "__rust_realloc",
-    "__rust_alloc_zeroed",
-    "__rustc::",
-    "__rg_",
-    "__rdl_",
-    "alloc::alloc::",
-    "<alloc::alloc::",
-    "std::alloc::",
-    "<std::alloc::",
-    "core::alloc::",
-    "alloc::raw_vec::",
-    "<alloc::raw_vec::",
-];
-
 /// The name that stands for samples whose stacks did not fit in the stack table.
 pub const OVERFLOW_FRAME: &str = "[heapwatch: stack table full]";
-
-/// Crates of the standard library (and the hash table under std's `HashMap`).
-const STD_CRATES: &[&str] = &["alloc::", "core::", "std::", "hashbrown::"];
-
-fn is_machinery(location: &Location) -> bool {
-    // The outermost function at the address: inlined callers of std code are the program's.
-    location.lines.last().is_some_and(|line| {
-        let name = line.function.as_str();
-        MACHINERY_PREFIXES.iter().any(|p| name.starts_with(p)) || is_std_function(name)
-    })
-}
-
-/// `alloc::vec::Vec<T>::push`, `<alloc::string::String as core::fmt::Write>::write_str`, or
-/// `<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem` (a std trait on a primitive
-/// or generic type) — but not `<myapp::Cache as core::clone::Clone>::clone`, whose code is the
-/// program's.
-fn is_std_function(name: &str) -> bool {
-    let is_std_path = |path: &str| STD_CRATES.iter().any(|c| path.starts_with(c));
-    let Some(qualified) = name.strip_prefix('<') else {
-        return is_std_path(name);
-    };
-    let Some((self_type, rest)) = qualified.split_once(" as ") else {
-        return is_std_path(qualified);
-    };
-    let self_type = self_type.trim_start_matches(['&', '*', '[', '(']);
-    let self_type = self_type
-        .strip_prefix("mut ")
-        .or_else(|| self_type.strip_prefix("const "))
-        .unwrap_or(self_type);
-    is_std_path(self_type) || (!self_type.contains("::") && is_std_path(rest))
-}
 
 /// Takes a heap profile of the sampled allocations: live (`inuse_*`) and since start
 /// (`alloc_*`), with function names.
@@ -97,6 +37,7 @@ pub(crate) fn thread_snapshot() -> Profile {
 }
 
 fn snapshot_of(scope: table::Scope) -> Profile {
+    symbolize::warn_once_without_dwarf();
     let _guard = ProfilerGuard::enter();
     let time_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -110,15 +51,7 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         return profile;
     };
 
-    // One location per distinct address. Return addresses point after the call; minus one
-    // lands inside the call instruction, so it names the calling line.
-    let mut addresses: Vec<u64> = raw
-        .frames
-        .iter()
-        .map(|&ip| ip.saturating_sub(1) as u64)
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
+    let addresses = symbolize::code_addresses(&raw.frames);
     let (modules, named) = symbolize::symbolize(&addresses);
 
     let mut mapping_of_module = vec![None; modules.len()];
@@ -141,19 +74,12 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         profile.locations.push(Location {
             address: *address,
             mapping,
-            lines: frame
-                .lines
-                .into_iter()
-                .map(|(function, file, line)| Line {
-                    function,
-                    file,
-                    line,
-                })
-                .collect(),
+            lines: frame.lines,
         });
     }
 
     let mut overflow_location = None;
+    let mut trimmed_leaves = HashMap::new();
     for &(start, len, totals) in raw.stacks.iter() {
         if totals == RawStackTotals::default() {
             // Only in a thread's snapshot: a stack with nothing of that thread's live.
@@ -162,19 +88,11 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         let frames = &raw.frames[start as usize..(start + len) as usize];
         let mut locations: Vec<usize> = frames
             .iter()
-            .filter_map(|&ip| {
-                location_of_address
-                    .get(&(ip.saturating_sub(1) as u64))
-                    .copied()
-            })
+            .filter_map(|&ip| symbolize::code_address(ip))
+            .filter_map(|address| location_of_address.get(&address).copied())
             .collect();
-        let machinery = locations
-            .iter()
-            .take_while(|&&l| is_machinery(&profile.locations[l]))
-            .count();
-        if machinery < locations.len() {
-            locations.drain(..machinery);
-        }
+        collapse_unnamed_runs(&profile.locations, &mut locations);
+        trim_machinery(&mut profile.locations, &mut trimmed_leaves, &mut locations);
         if len == 0 && raw.overflowed {
             let index = *overflow_location.get_or_insert_with(|| {
                 profile.locations.push(Location {
@@ -201,31 +119,61 @@ fn snapshot_of(scope: table::Scope) -> Profile {
     profile
 }
 
-#[cfg(test)]
-mod tests {
-    use super::is_std_function;
+/// Consecutive unnamed frames of one object (a stripped libc's thread start, say) read as one.
+fn collapse_unnamed_runs(all: &[Location], locations: &mut Vec<usize>) {
+    let unnamed_object = |l: usize| {
+        let location = &all[l];
+        location
+            .lines
+            .is_empty()
+            .then_some(location.mapping)
+            .flatten()
+    };
+    locations.dedup_by(|outer, inner| {
+        unnamed_object(*outer).is_some() && unnamed_object(*outer) == unnamed_object(*inner)
+    });
+}
 
-    #[test]
-    fn std_frames_are_told_from_the_program() {
-        for std in [
-            "alloc::vec::Vec<T,A>::with_capacity",
-            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
-            "<alloc::string::String as core::fmt::Write>::write_str",
-            "<&mut [u8] as core::fmt::Debug>::fmt",
-            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
-            "std::collections::hash::map::HashMap<K,V,S>::insert",
-            "<T as alloc::borrow::ToOwned>::to_owned",
-        ] {
-            assert!(is_std_function(std), "{std}");
+/// Cuts the allocation machinery (see [`plumbing`](crate::plumbing)) from the leaf end of a
+/// stack, frame by frame: whole locations, then the inlined frames of the first location that
+/// has code of the program's. Such a partly cut location is a copy (same address, fewer
+/// frames), made once per location and cut, so other stacks through it keep every frame. A
+/// stack that is machinery all through is kept whole.
+fn trim_machinery(
+    all: &mut Vec<Location>,
+    trimmed: &mut HashMap<(usize, usize), usize>,
+    locations: &mut Vec<usize>,
+) {
+    let mut whole = 0;
+    let mut inlined = 0;
+    for &l in locations.iter() {
+        let lines = &all[l].lines;
+        let cut = lines
+            .iter()
+            .take_while(|line| plumbing::is_machinery(&line.function))
+            .count();
+        if cut == lines.len() && cut > 0 {
+            whole += 1;
+            continue;
         }
-        for program in [
-            "leaky_service::leak_session_cache",
-            "<myapp::Cache as core::clone::Clone>::clone",
-            "<core_utils::Thing as myapp::Make>::make",
-            "allocator::pool::grow",
-            "main",
-        ] {
-            assert!(!is_std_function(program), "{program}");
-        }
+        inlined = cut;
+        break;
+    }
+    if whole == locations.len() {
+        return;
+    }
+    locations.drain(..whole);
+    if inlined > 0 {
+        let leaf = locations[0];
+        locations[0] = *trimmed.entry((leaf, inlined)).or_insert_with(|| {
+            let original = &all[leaf];
+            let copy = Location {
+                address: original.address,
+                mapping: original.mapping,
+                lines: original.lines[inlined..].to_vec(),
+            };
+            all.push(copy);
+            all.len() - 1
+        });
     }
 }

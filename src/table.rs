@@ -276,7 +276,9 @@ pub struct ProfilerStats {
     pub dropped_samples: u64,
     /// Bytes heapwatch holds for itself: tables, stacks, symbol cache and the address filter.
     pub profiler_bytes: u64,
-    /// Of `profiler_bytes`, the symbolizer's share: symbol indexes, names and address cache.
+    /// The symbolizer's heap: symbol indexes, names and address cache (part of
+    /// `profiler_bytes`), and the DWARF units parsed to name inlined frames (allocated through
+    /// the global allocator by the DWARF reader, so counted in the heap figures as well).
     pub symbol_cache_bytes: u64,
 }
 

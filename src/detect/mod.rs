@@ -169,3 +169,36 @@ pub(crate) fn process_rss() -> Option<u64> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seconds of 1-s ticks until the first verdict other than `unknown`, and until `leak`.
+    fn first_verdicts(heap_at: impl Fn(u64) -> u64) -> (Option<u64>, Option<u64>) {
+        let mut detector = Detector::new(DetectorConfig::default());
+        let (mut first, mut leak) = (None, None);
+        for s in 0..600u64 {
+            detector.push(Point::reading(s * 1000, heap_at(s), None, None));
+            let kind = detector.evaluate(Some(1 << 30)).kind;
+            if kind != VerdictKind::Unknown {
+                first = first.or(Some(s));
+            }
+            if kind == VerdictKind::Leak {
+                leak = leak.or(Some(s));
+            }
+        }
+        (first, leak)
+    }
+
+    // The figures the README gives for the defaults: half the 10-minute window before any
+    // verdict, and the 30 s a leak must hold on top for a leak.
+    #[test]
+    fn first_verdict_after_five_minutes_first_leak_after_five_and_a_half() {
+        let flat = first_verdicts(|s| (300 << 20) + (s % 7) * 4096);
+        assert_eq!(flat, (Some(300), None));
+        // 1 % of the limit a minute.
+        let leak = first_verdicts(|s| (300 << 20) + s * ((1 << 30) / 100 / 60));
+        assert_eq!(leak, (Some(330), Some(330)));
+    }
+}

@@ -53,7 +53,7 @@ impl SuspectTracker {
     /// the baseline.
     pub fn observe(&mut self, unix_ms: u64, profile: &Profile) {
         let live: HashMap<String, i64> = profile
-            .top_functions(SampleType::InuseSpace)
+            .culprits(SampleType::InuseSpace, &crate::plumbing())
             .into_iter()
             .filter(|f| f.flat > 0)
             .take(SITES_PER_SNAPSHOT)
@@ -149,6 +149,22 @@ pub(crate) fn write_diff<W: io::Write>(
     use inferno::flamegraph::{self, Options};
     let before = before.join("\n");
     let after = crate::encode::folded_lines(now, SampleType::InuseSpace).join("\n");
+    if after.is_empty() {
+        // Nothing sampled is live now: the differential would only hold zero widths, which
+        // inferno refuses ("No stack counts found"); say so instead of failing the page.
+        let mut writer = writer;
+        return writer.write_all(
+            concat!(
+                r#"<?xml version="1.0" standalone="no"?>"#,
+                "\n",
+                r#"<svg version="1.1" width="800" height="60" xmlns="http://www.w3.org/2000/svg">"#,
+                r#"<text x="10" y="35" font-family="Verdana" font-size="17">"#,
+                "live heap: now against the baseline: no inuse_space samples now",
+                "</text></svg>\n"
+            )
+            .as_bytes(),
+        );
+    }
     let mut diff = Vec::new();
     inferno::differential::from_readers(
         inferno::differential::Options::default(),
@@ -265,5 +281,20 @@ mod tests {
             .unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.contains("grower") && svg.contains("steady"));
+    }
+
+    // The page `/debug/heap/diff.svg` answered 500 whenever no sampled block was live.
+    #[cfg(feature = "flamegraph")]
+    #[test]
+    fn differential_flamegraph_of_an_empty_heap_is_still_an_svg() {
+        for before in [&[][..], &["gone 100".to_owned()][..]] {
+            let mut svg = Vec::new();
+            write_diff(before, &Profile::default(), &mut svg).expect("an SVG, not an error");
+            let svg = String::from_utf8(svg).unwrap();
+            assert!(
+                svg.contains("<svg") && svg.contains("no inuse_space samples"),
+                "{svg}"
+            );
+        }
     }
 }

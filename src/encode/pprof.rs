@@ -39,13 +39,20 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         profile.sample_rate_bytes
     )));
 
-    let has_functions = profile.locations.iter().any(|l| !l.lines.is_empty());
-    let has_lines = profile
-        .locations
-        .iter()
-        .any(|l| l.lines.iter().any(|line| line.line > 0));
-    let has_inline = profile.locations.iter().any(|l| l.lines.len() > 1);
+    // Per mapping, so that pprof tools symbolize locally only the objects we could not name.
     for (index, mapping) in profile.mappings.iter().enumerate() {
+        let mut has_functions = false;
+        let mut has_lines = false;
+        let mut has_inline = false;
+        for location in profile
+            .locations
+            .iter()
+            .filter(|l| l.mapping == Some(index))
+        {
+            has_functions |= !location.lines.is_empty();
+            has_lines |= location.lines.iter().any(|line| line.line > 0);
+            has_inline |= location.lines.len() > 1;
+        }
         out.mapping.push(proto::Mapping {
             id: index as u64 + 1,
             memory_start: mapping.memory_start,
@@ -60,18 +67,24 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         });
     }
 
-    let mut function_ids: HashMap<(&str, Option<&str>), u64> = HashMap::new();
+    let mut function_ids: HashMap<(&str, &str, Option<&str>), u64> = HashMap::new();
     for (index, location) in profile.locations.iter().enumerate() {
         let mut lines = Vec::with_capacity(location.lines.len());
         for line in &location.lines {
-            let key = (line.function.as_str(), line.file.as_deref());
+            let key = (
+                line.function.as_str(),
+                line.system_name.as_str(),
+                line.file.as_deref(),
+            );
             let next_id = function_ids.len() as u64 + 1;
             let function_id = *function_ids.entry(key).or_insert_with(|| {
-                let name = strings.id(&line.function);
+                // pprof takes a `name` equal to its `system_name` for a mangled C++ name and
+                // "simplifies" it (`<F as Handler>::call` became `::call`); the raw symbol as
+                // `system_name` keeps the readable `name` as written.
                 out.function.push(proto::Function {
                     id: next_id,
-                    name,
-                    system_name: name,
+                    name: strings.id(&line.function),
+                    system_name: strings.id(&line.system_name),
                     filename: line.file.as_deref().map_or(0, |f| strings.id(f)),
                     start_line: 0,
                 });

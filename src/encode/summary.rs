@@ -26,9 +26,11 @@ pub fn human_bytes(bytes: i64) -> String {
 /// Writes the `limit` functions holding the most live memory (flat `inuse_space`), with their
 /// object counts and allocation totals.
 pub fn write_top_text<W: Write>(profile: &Profile, limit: usize, mut writer: W) -> io::Result<()> {
-    let space = profile.top_functions(SampleType::InuseSpace);
-    let objects = profile.top_functions(SampleType::InuseObjects);
-    let allocated = profile.top_functions(SampleType::AllocSpace);
+    // Culprits: the program's functions, past the libraries that allocate for them.
+    let plumbing = crate::plumbing();
+    let space = profile.culprits(SampleType::InuseSpace, &plumbing);
+    let objects = profile.culprits(SampleType::InuseObjects, &plumbing);
+    let allocated = profile.culprits(SampleType::AllocSpace, &plumbing);
     let total = profile.total(SampleType::InuseSpace);
     writeln!(
         writer,

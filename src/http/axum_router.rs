@@ -1,34 +1,49 @@
 //! The same pages as an axum `Router` (feature `axum`), for services that already run axum:
-//! `app.nest("/heapwatch", heapwatch::http::router())`.
+//! `app.nest_service("/heapwatch", heapwatch::http::router())`.
 
-use super::routes::{respond, Context};
+use super::routes::{respond_under, Context};
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{NestedPath, Request};
+use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
 use std::sync::Arc;
 
-/// A router serving every page of the built-in listener. The token (`HEAPWATCH_TOKEN`) and
-/// the dump directory (`HEAPWATCH_DIR`) are read when it is built. Pages are rendered on the
-/// calling task; each takes milliseconds (a snapshot and an encoding).
+/// A router serving every page of the built-in listener. The token (`HEAPWATCH_TOKEN`) is read
+/// when it is built; the dump directory listed is the running watch's, looked up at each
+/// request (`HEAPWATCH_DIR` or `./heapwatch-dumps` while no watch runs). Pages are rendered on
+/// the calling task; each takes milliseconds (a snapshot and an encoding).
+///
+/// Mount it with `nest_service`, which routes both `/heapwatch` and `/heapwatch/` to the index
+/// (axum's `nest` routes only `/heapwatch`: `/heapwatch/` never reaches the nested router, see
+/// tokio-rs/axum#2659). Either way the index links its pages under the nesting prefix.
 ///
 /// ```no_run
-/// let app: axum::Router = axum::Router::new().nest("/heapwatch", heapwatch::http::router());
+/// let app: axum::Router = axum::Router::new().nest_service("/heapwatch", heapwatch::http::router());
 /// ```
 pub fn router() -> axum::Router {
     let context = Arc::new(Context {
         token: std::env::var("HEAPWATCH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
-        dump_dir: crate::watch::Watch::builder().resolved().dir,
+        dump_dir: None,
         metrics: super::render_metrics,
     });
-    axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+    axum::Router::new().fallback(move |request: Request| {
         let context = Arc::clone(&context);
         async move {
-            let authorization = headers
+            let (parts, _body) = request.into_parts();
+            let authorization = parts
+                .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let page = respond(&context, method.as_str(), uri.path(), authorization);
+            let base = link_base(parts.extensions.get::<NestedPath>());
+            let page = respond_under(
+                &context,
+                &base,
+                parts.method.as_str(),
+                parts.uri.path(),
+                authorization,
+            );
             let mut response = Response::builder()
                 .status(
                     StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -38,7 +53,7 @@ pub fn router() -> axum::Router {
             if let Some(disposition) = page.disposition {
                 response = response.header(header::CONTENT_DISPOSITION, disposition);
             }
-            let body = if method == Method::HEAD {
+            let body = if parts.method == Method::HEAD {
                 Body::empty()
             } else {
                 Body::from(page.body)
@@ -48,4 +63,16 @@ pub fn router() -> axum::Router {
                 .unwrap_or_else(|_| Response::new(Body::from("internal error")))
         }
     })
+}
+
+/// Where the index's links start. Nested, axum strips the prefix, and `/heapwatch` and
+/// `/heapwatch/` both arrive as `/`: a relative link cannot be right for both, so links start
+/// with the prefix itself. Not nested (the router is the whole app), or nested at a path with
+/// captures (`/{tenant}/heapwatch`, whose values are not known here): relative links, right
+/// for an index requested with a trailing slash.
+fn link_base(nested: Option<&NestedPath>) -> String {
+    match nested.map(NestedPath::as_str) {
+        Some(prefix) if !prefix.contains('{') => format!("{}/", prefix.trim_end_matches('/')),
+        _ => String::new(),
+    }
 }

@@ -30,7 +30,7 @@ mod server;
 
 #[cfg(feature = "axum")]
 pub use axum_router::router;
-pub use routes::{reason_phrase, respond, Context, Response};
+pub use routes::{reason_phrase, respond, respond_under, Context, Response};
 pub use server::{Limits, Server, ServerBuilder};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};

@@ -62,15 +62,32 @@ pub fn reason_phrase(status: u16) -> &'static str {
 pub struct Context {
     /// The bearer token required, if any.
     pub token: Option<String>,
-    /// The dump directory listed under `/debug/heap/dumps`.
-    pub dump_dir: std::path::PathBuf,
+    /// The dump directory listed under `/debug/heap/dumps`; `None`: the running watch's, read
+    /// at each request (see [`crate::watch::dump_dir`]), so pages built before the watch starts
+    /// still list what it writes.
+    pub dump_dir: Option<std::path::PathBuf>,
     /// Renders `/metrics`.
     pub metrics: fn() -> String,
 }
 
-/// Answers one request. `authorization` is the `Authorization` header's value, if any.
+/// Answers one request. `authorization` is the `Authorization` header's value, if any. The
+/// index links the other pages relatively, as a page served at the server's root must.
 pub fn respond(
     context: &Context,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Response {
+    respond_under(context, "", method, path, authorization)
+}
+
+/// [`respond`] for pages mounted under a prefix (`path` is then the part after it): the index's
+/// links start with `link_base`, e.g. `/heapwatch/` for pages nested at `/heapwatch`, where a
+/// relative link would resolve against the service's root when the index is requested as
+/// `/heapwatch`. `""` keeps the links relative.
+pub fn respond_under(
+    context: &Context,
+    link_base: &str,
     method: &str,
     path: &str,
     authorization: Option<&str>,
@@ -86,7 +103,7 @@ pub fn respond(
     }
     let path = path.split(['?', '#']).next().unwrap_or("");
     match path {
-        "/" => Response::new(200, "text/html; charset=utf-8", INDEX),
+        "/" => Response::new(200, "text/html; charset=utf-8", index(link_base)),
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -100,13 +117,21 @@ pub fn respond(
         }
         "/debug/heap/report" => Response::new(200, "application/json", report()),
         "/debug/heap/dumps" | "/debug/heap/dumps/" => {
-            Response::new(200, "application/json", dump_listing(&context.dump_dir))
+            Response::new(200, "application/json", dump_listing(&dump_dir(context)))
         }
         _ => match path.strip_prefix("/debug/heap/dumps/") {
-            Some(name) => dump_file(&context.dump_dir, name),
+            Some(name) => dump_file(&dump_dir(context), name),
             None => Response::error(404),
         },
     }
+}
+
+/// The context's directory, else the running watch's, else the default a watch would use.
+fn dump_dir(context: &Context) -> std::path::PathBuf {
+    context
+        .dump_dir
+        .clone()
+        .unwrap_or_else(crate::watch::dump_dir)
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.
@@ -149,14 +174,20 @@ fn flamegraph(profile: &crate::Profile, out: &mut Vec<u8>) -> std::io::Result<()
     }
 }
 
+/// How many of the heaviest live sites the report lists.
+const TOP_SITES: usize = 10;
+
 fn report() -> Vec<u8> {
     let stats = crate::stats();
+    let profiler = crate::profiler_stats();
     let reading = crate::watch::last_reading();
     let detector = crate::detect::latest();
     let value = serde_json::json!({
         "heap": crate::watch::HeapCounters::from(stats),
         "sample_rate_bytes": crate::sample_rate(),
-        "profiler_bytes": crate::profiler_stats().profiler_bytes,
+        "profiler_bytes": profiler.profiler_bytes,
+        "symbolizer_bytes": profiler.symbol_cache_bytes,
+        "top_sites": crate::watch::top_sites(&crate::snapshot(), TOP_SITES),
         "cgroup": reading.map(|r| serde_json::json!({
             "limit_bytes": r.limit_bytes,
             "usage_bytes": r.usage_bytes,
@@ -228,18 +259,41 @@ fn dump_file(dir: &Path, name: &str) -> Response {
     }
 }
 
+/// The index page, its links starting with `link_base` (escaped for the attribute).
+fn index(link_base: &str) -> String {
+    let mut base = String::with_capacity(link_base.len());
+    for c in link_base.chars() {
+        match c {
+            '&' => base.push_str("&amp;"),
+            '"' => base.push_str("&quot;"),
+            '<' => base.push_str("&lt;"),
+            '>' => base.push_str("&gt;"),
+            c => base.push(c),
+        }
+    }
+    // The paths as shown in text: from the server's root.
+    let root = if base.starts_with('/') {
+        base.clone()
+    } else {
+        format!("/{base}")
+    };
+    INDEX.replace("{base}", &base).replace("{root}", &root)
+}
+
+/// Every link starts with `{base}`: nothing (relative to the page at the server's root) or the
+/// nesting prefix; `{root}` is the same as a path from the server's root, for text.
 const INDEX: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>heapwatch</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:50em}li{margin:.4em 0}code{background:#eee;padding:0 .3em}</style>
 </head><body>
 <h1>heapwatch</h1>
 <ul>
-<li><a href="debug/heap/flamegraph.svg">Live heap flamegraph</a></li>
-<li><a href="debug/heap/diff.svg">Differential flamegraph: now against the baseline</a></li>
-<li><a href="debug/heap/report">Report</a> (JSON: counters, cgroup, verdict, suspects)</li>
-<li><a href="debug/heap/dumps">Dump sets on disk</a> (each file downloadable by its listed name)</li>
-<li><a href="debug/pprof/heap">/debug/pprof/heap</a> and <a href="debug/pprof/allocs">/debug/pprof/allocs</a>: <code>go tool pprof http://HOST/debug/pprof/heap</code></li>
-<li><a href="metrics">/metrics</a> (Prometheus)</li>
+<li><a href="{base}debug/heap/flamegraph.svg">Live heap flamegraph</a></li>
+<li><a href="{base}debug/heap/diff.svg">Differential flamegraph: now against the baseline</a></li>
+<li><a href="{base}debug/heap/report">Report</a> (JSON: counters, cgroup, verdict, suspects)</li>
+<li><a href="{base}debug/heap/dumps">Dump sets on disk</a> (each file downloadable by its listed name)</li>
+<li><a href="{base}debug/pprof/heap">{root}debug/pprof/heap</a> and <a href="{base}debug/pprof/allocs">{root}debug/pprof/allocs</a>: <code>go tool pprof http://HOST{root}debug/pprof/heap</code></li>
+<li><a href="{base}metrics">{root}metrics</a> (Prometheus)</li>
 </ul>
 </body></html>
 "#;

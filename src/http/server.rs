@@ -62,7 +62,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// A builder: loopback port 6060, no token, the watch's dump directory.
+    /// A builder: loopback port 6060, no token, the running watch's dump directory.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             addr: DEFAULT_ADDR.to_owned(),
@@ -89,7 +89,9 @@ impl ServerBuilder {
         self.token = Some(token.into());
         self
     }
-    /// The dump directory to list (default: the watch's, `HEAPWATCH_DIR` or `./heapwatch-dumps`).
+    /// The dump directory to list. By default, the running watch's directory, looked up at each
+    /// request (so a listener started before the watch lists its dumps); without a watch,
+    /// `HEAPWATCH_DIR` or `./heapwatch-dumps`.
     pub fn dump_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.dump_dir = Some(dir.into());
         self
@@ -113,9 +115,6 @@ impl ServerBuilder {
             .ok()
             .filter(|t| !t.is_empty())
             .or(self.token);
-        let dump_dir = self
-            .dump_dir
-            .unwrap_or_else(|| crate::watch::Watch::builder().resolved().dir);
         let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
@@ -123,7 +122,7 @@ impl ServerBuilder {
         let local_addr = listener.local_addr()?;
         let context = Arc::new(Context {
             token,
-            dump_dir,
+            dump_dir: self.dump_dir,
             metrics: super::render_metrics,
         });
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,48 +1,240 @@
-//! file:line and inlined frames from DWARF, through `addr2line`. Opt-in (feature `dwarf` and
-//! [`set_source_lines`](crate::set_source_lines)) because the debug info of a large binary
-//! takes hundreds of MiB once loaded.
+//! Inlined frames, files and lines from DWARF, through `addr2line` (gimli-rs): the symbolizer
+//! std's own backtraces use. It parses lazily: at load, the unit headers and their address
+//! ranges; a unit's line table and function tree only when an address in that unit is first
+//! looked up. The sections themselves stay in the file mapping (clean pages the kernel can
+//! drop), except compressed ones, which are inflated onto the heap up to a bound.
+//!
+//! What the parsed units hold is measured (the heap this thread gains while addr2line works)
+//! and capped: past [`MEMORY_CAP`] the parsed state is dropped and parsed again on demand.
+//! Names already resolved stay in the symbolizer's cache either way.
 
+use super::debug_file;
 use super::modules::Module;
+use super::qualify::{self, CrateRoot};
+use addr2line::gimli;
+use memmap2::Mmap;
+use object::{Object, ObjectSection};
+use std::borrow::Cow;
 
+/// Heap that parsed DWARF may hold per object before it is dropped and parsed afresh.
+pub(crate) const MEMORY_CAP: usize = 64 << 20;
+
+/// Compressed debug sections are inflated only up to this many bytes per object.
+const INFLATE_CAP: u64 = 256 << 20;
+
+type Slice = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
+
+/// One frame at an address, innermost first.
+pub(crate) struct RawFrame {
+    /// Fully qualified, demangled, without hash or generic arguments.
+    pub name: String,
+    /// The mangled linkage name, when the DWARF has one.
+    pub system_name: Option<String>,
+    pub file: Option<String>,
+    pub line: u32,
+}
+
+/// The DWARF of one loaded object.
 pub(crate) enum DwarfSource {
     NotLoaded,
-    Loaded(Box<addr2line::Loader>),
+    Loaded(Box<Loaded>),
+    /// No DWARF for this object (or it could not be read): named from its symbol table.
     Unavailable,
 }
 
+/// Parsed DWARF and the bytes it borrows.
+pub(crate) struct Loaded {
+    // Field order is drop order: `context` borrows from `inflated` and `map`, so it goes first.
+    context: addr2line::Context<Slice>,
+    roots: Vec<CrateRoot>,
+    _inflated: Vec<Box<[u8]>>,
+    _map: Mmap,
+    /// Heap held by `context` (and `inflated`), as measured.
+    held: usize,
+}
+
 impl DwarfSource {
-    /// The frames at a file address, innermost first: `(function, file, line)`.
-    pub(crate) fn frames(
-        &mut self,
-        module: &Module,
-        file_address: u64,
-    ) -> Vec<(String, Option<String>, u32)> {
+    /// The frames at a file address of `module`, innermost first; empty if the object has no
+    /// DWARF there.
+    pub(crate) fn frames(&mut self, module: &Module, file_address: u64) -> Vec<RawFrame> {
         if let DwarfSource::NotLoaded = self {
-            *self = match module
-                .has_file()
-                .then(|| addr2line::Loader::new(&module.path))
-            {
-                Some(Ok(loader)) => DwarfSource::Loaded(Box::new(loader)),
-                _ => DwarfSource::Unavailable,
+            let (loaded, held) = measured(|| Loaded::open(module));
+            *self = match loaded {
+                Some(mut loaded) => {
+                    loaded.held = held.max(0) as usize;
+                    DwarfSource::Loaded(Box::new(loaded))
+                }
+                None => DwarfSource::Unavailable,
             };
         }
-        let DwarfSource::Loaded(loader) = self else {
+        let DwarfSource::Loaded(loaded) = self else {
             return Vec::new();
         };
+        let (frames, grown) = measured(|| loaded.frames(file_address));
+        loaded.held = loaded.held.saturating_add_signed(grown as isize);
+        if loaded.held > MEMORY_CAP {
+            // Parse again on demand rather than keep growing.
+            *self = DwarfSource::NotLoaded;
+        }
+        frames
+    }
+
+    /// Heap held by the parsed DWARF.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            DwarfSource::Loaded(loaded) => loaded.held,
+            _ => 0,
+        }
+    }
+
+    /// Whether DWARF was found for the object (loading it if needed).
+    pub(crate) fn is_available(&mut self, module: &Module) -> bool {
+        if let DwarfSource::NotLoaded = self {
+            let _ = self.frames(module, 0);
+        }
+        matches!(self, DwarfSource::Loaded(_))
+    }
+}
+
+/// Runs `f` and returns the heap this thread gained meanwhile (what `f` left allocated).
+fn measured<T>(f: impl FnOnce() -> T) -> (T, i64) {
+    let before = crate::thread_state::thread_net_bytes().unwrap_or(0);
+    let out = f();
+    let after = crate::thread_state::thread_net_bytes().unwrap_or(0);
+    (out, after - before)
+}
+
+impl Loaded {
+    fn open(module: &Module) -> Option<Loaded> {
+        if !module.has_file() {
+            return None;
+        }
+        let found = debug_file::find(&module.path, &module.build_id)?;
+        tracing::debug!(object = %module.path, dwarf = %found.path.display(), "heapwatch: DWARF found");
+        let map = found.map;
+        let mut inflated: Vec<Box<[u8]>> = Vec::new();
+        let sections = {
+            let file = object::File::parse(&*map).ok()?;
+            let endian = if file.is_little_endian() {
+                gimli::RunTimeEndian::Little
+            } else {
+                gimli::RunTimeEndian::Big
+            };
+            let mut budget = INFLATE_CAP;
+            let load = |id: gimli::SectionId| -> Result<Slice, ()> {
+                let Some(section) = file.section_by_name(id.name()) else {
+                    return Ok(gimli::EndianSlice::new(&[], endian));
+                };
+                let compressed = section
+                    .compressed_file_range()
+                    .ok()
+                    .filter(|r| r.format != object::CompressionFormat::None);
+                if let Some(range) = compressed {
+                    budget = budget.checked_sub(range.uncompressed_size).ok_or(())?;
+                }
+                let bytes: &[u8] = match section.uncompressed_data().map_err(|_| ())? {
+                    Cow::Borrowed(bytes) => bytes,
+                    Cow::Owned(bytes) => {
+                        inflated.push(bytes.into_boxed_slice());
+                        inflated.last().map_or(&[], |b| &b[..])
+                    }
+                };
+                // SAFETY: `bytes` lies in `map` (a file mapping) or in a boxed buffer pushed
+                // to `inflated`; both are moved into the `Loaded` built below, whose field
+                // order drops `context` (the only holder of these slices) before them, and
+                // neither the mapping nor a box's heap buffer moves when its owner moves.
+                let bytes: &'static [u8] =
+                    unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+                Ok(gimli::EndianSlice::new(bytes, endian))
+            };
+            gimli::DwarfSections::load(load).ok()?
+        };
+        let mut dwarf = sections.borrow(|section| *section);
+        // Units share abbreviation tables (1,610 units, 361 tables in an axum service): parse
+        // each shared table once instead of once per unit.
+        dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
+        let roots = crate_roots(&dwarf);
+        let context = addr2line::Context::from_dwarf(dwarf).ok()?;
+        Some(Loaded {
+            context,
+            roots,
+            _inflated: inflated,
+            _map: map,
+            held: 0,
+        })
+    }
+
+    fn frames(&self, file_address: u64) -> Vec<RawFrame> {
         let mut out = Vec::new();
-        let Ok(mut frames) = loader.find_frames(file_address) else {
+        let Ok(mut frames) = self.context.find_frames(file_address).skip_all_loads() else {
             return out;
         };
         while let Ok(Some(frame)) = frames.next() {
-            let Some(function) = frame.function.as_ref().and_then(|f| f.demangle().ok()) else {
+            let Some(function) = frame.function.as_ref() else {
+                continue;
+            };
+            let Ok(raw) = function.raw_name() else {
                 continue;
             };
             let (file, line) = frame
                 .location
                 .map(|l| (l.file.map(str::to_owned), l.line.unwrap_or(0)))
                 .unwrap_or((None, 0));
-            out.push((function.into_owned(), file, line));
+            let name = qualify::display_name(&raw, file.as_deref(), &self.roots);
+            let mangled = super::elf::demangle_rust(&raw).is_some();
+            out.push(RawFrame {
+                name,
+                system_name: mangled.then(|| raw.into_owned()),
+                file,
+                line,
+            });
         }
         out
     }
+}
+
+/// The crate roots named by the binary's rustc compilation units, one per crate.
+fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> Vec<CrateRoot> {
+    let mut roots: Vec<CrateRoot> = Vec::new();
+    let mut headers = dwarf.units();
+    while let Ok(Some(header)) = headers.next() {
+        let Ok(abbreviations) = dwarf.abbreviations(&header) else {
+            continue;
+        };
+        let mut entries = header.entries(&abbreviations);
+        let Ok(Some(unit_die)) = entries.next_dfs() else {
+            continue;
+        };
+        let text = |name: gimli::DwAt| {
+            unit_die
+                .attr_value(name)
+                .and_then(|value| root_die_string(dwarf, value))
+        };
+        let (Some(name), comp_dir) = (text(gimli::DW_AT_name), text(gimli::DW_AT_comp_dir)) else {
+            continue;
+        };
+        if let Some(root) = qualify::crate_root(&name, comp_dir.as_deref().unwrap_or("")) {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+    }
+    roots
+}
+
+/// A string attribute of a unit's root DIE, read without parsing the whole unit: rustc writes
+/// `DW_AT_name` and `DW_AT_comp_dir` inline or in `.debug_str`/`.debug_line_str`.
+fn root_die_string(
+    dwarf: &gimli::Dwarf<Slice>,
+    value: gimli::AttributeValue<Slice>,
+) -> Option<String> {
+    let bytes = match value {
+        gimli::AttributeValue::String(s) => s,
+        gimli::AttributeValue::DebugStrRef(offset) => dwarf.debug_str.get_str(offset).ok()?,
+        gimli::AttributeValue::DebugLineStrRef(offset) => {
+            dwarf.debug_line_str.get_str(offset).ok()?
+        }
+        _ => return None,
+    };
+    Some(bytes.to_string_lossy().into_owned())
 }

@@ -107,10 +107,15 @@ fn index_functions<'data, S: ObjectSymbol<'data>>(
 /// Demangles a Rust (legacy or v0) or leaves any other name as it is, without the hash suffix.
 pub(crate) fn demangle(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
-    match rustc_demangle::try_demangle(&text) {
-        Ok(demangled) => format!("{demangled:#}"),
-        Err(_) => text.into_owned(),
-    }
+    demangle_rust(&text).unwrap_or_else(|| text.into_owned())
+}
+
+/// The demangled form, without the hash suffix, of a Rust symbol name (legacy or v0); `None`
+/// for any other name.
+pub(crate) fn demangle_rust(raw: &str) -> Option<String> {
+    rustc_demangle::try_demangle(raw)
+        .ok()
+        .map(|demangled| format!("{demangled:#}"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Naming the addresses of sampled stacks.
 //!
-//! Default: function names from each object's ELF symbol table ([`elf`]), resolved once per
-//! address and cached, with bounded memory (about 24 bytes per function symbol of the objects
-//! that appear in stacks, plus the names actually seen). With the `dwarf` feature and
-//! [`set_source_lines(true)`](crate::set_source_lines), file, line and inlined frames come from
-//! DWARF instead, at the cost of loading the debug info (hundreds of MiB for a large binary).
+//! Each address is resolved once and cached. Where the object has DWARF line tables (in the
+//! object, or in a separate debug file found by build id or `.gnu_debuglink`, see
+//! [`debug_file`]), an address is expanded into its chain of inlined frames, each fully
+//! qualified ([`qualify`]) with its file and line ([`dwarf`], feature `dwarf`, on by default).
+//! Otherwise — and always for the outermost, non-inlined frame — names come from the object's
+//! ELF symbol table ([`elf`]). Memory is bounded: ~24 bytes per function symbol, the names
+//! seen, and the DWARF units that stacks touched, capped (see README for measured figures).
 //!
 //! Runs on the thread that takes the snapshot, never on the allocation path.
 
@@ -14,7 +16,11 @@ mod offline;
 pub use offline::{symbolize_with_binary, SymbolizeError};
 
 #[cfg(feature = "dwarf")]
+mod debug_file;
+#[cfg(feature = "dwarf")]
 mod dwarf;
+#[cfg(feature = "dwarf")]
+mod qualify;
 
 use crate::internal_alloc::ProfilerAlloc;
 use allocator_api2::vec::Vec as PVec;
@@ -109,6 +115,7 @@ impl Strings {
 #[derive(Clone, Copy, Debug)]
 struct LineEntry {
     function: StrId,
+    system_name: Option<StrId>,
     file: Option<StrId>,
     line: u32,
 }
@@ -136,6 +143,8 @@ struct Symbolizer {
     lines: PVec<LineEntry, ProfilerAlloc>,
     cache: HashMap<u64, CachedAddress, FixedState, ProfilerAlloc>,
     cache_has_lines: bool,
+    /// Whether a stack was named yet (the first naming is timed and logged).
+    named_before: bool,
 }
 
 static SYMBOLIZER: Mutex<Symbolizer> = Mutex::new(Symbolizer {
@@ -147,17 +156,19 @@ static SYMBOLIZER: Mutex<Symbolizer> = Mutex::new(Symbolizer {
     lines: PVec::new_in(ProfilerAlloc),
     cache: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
     cache_has_lines: false,
+    named_before: false,
 });
 
-static SOURCE_LINES: AtomicBool = AtomicBool::new(false);
+static SOURCE_LINES: AtomicBool = AtomicBool::new(cfg!(feature = "dwarf"));
 
-/// Asks for file and line numbers (and inlined frames) from DWARF debug info in profiles taken
-/// from now on. Off by default: loading DWARF for a large binary takes hundreds of MiB, which a
-/// process near its memory limit cannot spare. Without the `dwarf` feature this has no effect
-/// and profiles carry function names only.
+/// Whether profiles taken from now on name inlined frames, files and lines from DWARF (where
+/// the binary or its separate debug file has it). On by default with the `dwarf` feature (a
+/// default feature); `false` names functions from the ELF symbol table only, which holds less
+/// memory but names an inlined function after the function it was inlined into. Without the
+/// `dwarf` feature this has no effect.
 ///
 /// ```
-/// heapwatch::set_source_lines(false);
+/// heapwatch::set_source_lines(true);
 /// ```
 pub fn set_source_lines(enabled: bool) {
     SOURCE_LINES.store(enabled && cfg!(feature = "dwarf"), Ordering::Relaxed);
@@ -171,8 +182,8 @@ fn lock() -> MutexGuard<'static, Symbolizer> {
 pub(crate) struct NamedFrame {
     /// Index into the module list returned alongside.
     pub module: Option<usize>,
-    /// Innermost first: `(function, file, line)`.
-    pub lines: Vec<(String, Option<String>, u32)>,
+    /// Innermost first.
+    pub lines: Vec<crate::profile::Line>,
 }
 
 /// What the builder needs of a loaded object to describe it as a pprof mapping.
@@ -197,6 +208,7 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
     if symbolizer.modules.is_empty() {
         symbolizer.reload_modules();
     }
+    let started = std::time::Instant::now();
     let mut frames = Vec::with_capacity(addresses.len());
     let mut reloaded = false;
     for &address in addresses {
@@ -208,6 +220,20 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
         frames.push(symbolizer.resolve(address, want_lines));
     }
     let modules = symbolizer.modules.iter().map(module_info).collect();
+    let first = !addresses.is_empty() && !symbolizer.named_before;
+    symbolizer.named_before |= first;
+    let held = first.then(|| symbolizer.heap_bytes());
+    drop(symbolizer);
+    if let Some(held) = held {
+        // What naming costs this binary, once: operators and the README quote it.
+        tracing::info!(
+            addresses = addresses.len(),
+            millis = started.elapsed().as_millis() as u64,
+            symbolizer_bytes = held,
+            inlined_frames = want_lines,
+            "heapwatch: first stacks named"
+        );
+    }
     (modules, frames)
 }
 
@@ -226,39 +252,66 @@ fn module_info(module: &Module) -> ModuleInfo {
     }
 }
 
-/// Heap bytes held by the symbolizer (symbol indexes, names, address cache).
+/// Heap bytes held by the symbolizer (symbol indexes, names, address cache, parsed DWARF).
 pub(crate) fn heap_bytes() -> usize {
-    let symbolizer = lock();
-    let sources: usize = symbolizer
-        .sources
-        .iter()
-        .map(|source| match source {
-            SymbolSource::Loaded(symbols) => symbols.heap_bytes(),
-            _ => 0,
-        })
-        .sum();
-    sources
-        + symbolizer.strings.heap_bytes()
-        + symbolizer.lines.capacity() * std::mem::size_of::<LineEntry>()
-        + symbolizer.cache.capacity() * (8 + std::mem::size_of::<CachedAddress>())
+    lock().heap_bytes()
+}
+
+impl Symbolizer {
+    fn heap_bytes(&self) -> usize {
+        let symbolizer = self;
+        let sources: usize = symbolizer
+            .sources
+            .iter()
+            .map(|source| match source {
+                SymbolSource::Loaded(symbols) => symbols.heap_bytes(),
+                _ => 0,
+            })
+            .sum();
+        #[cfg(feature = "dwarf")]
+        let sources = sources
+            + symbolizer
+                .dwarf
+                .iter()
+                .map(dwarf::DwarfSource::heap_bytes)
+                .sum::<usize>();
+        sources
+            + symbolizer.strings.heap_bytes()
+            + symbolizer.lines.capacity() * std::mem::size_of::<LineEntry>()
+            + symbolizer.cache.capacity() * (8 + std::mem::size_of::<CachedAddress>())
+    }
 }
 
 /// Resolves every address of the current table now, so that a later dump near the memory
 /// limit finds them cached instead of loading symbol tables when memory is scarce.
 pub fn warm_symbol_cache() {
-    let Some(_guard) = crate::thread_state::ProfilerGuard::enter() else {
-        return;
-    };
+    warn_once_without_dwarf();
+    // The watch thread runs inside the profiler all along: then no new guard is needed (and
+    // none can be had; returning there, as this once did, left the cache cold for the dump).
+    let _guard = crate::thread_state::ProfilerGuard::enter();
     if let Some(raw) = crate::table::raw_snapshot(crate::table::Scope::Process) {
-        let mut addresses: Vec<u64> = raw
-            .frames
-            .iter()
-            .map(|&ip| ip.saturating_sub(1) as u64)
-            .collect();
-        addresses.sort_unstable();
-        addresses.dedup();
-        let _ = symbolize(&addresses);
+        let _ = symbolize(&code_addresses(&raw.frames));
     }
+}
+
+/// Return addresses below this are not code (the unwinder's end-of-stack marker is 0).
+const LOWEST_CODE_ADDRESS: usize = 0x1000;
+
+/// The address to name for a return address: one byte back, inside the call instruction, so
+/// it names the calling line. `None` for what cannot be code.
+pub(crate) fn code_address(return_address: usize) -> Option<u64> {
+    (return_address >= LOWEST_CODE_ADDRESS).then(|| return_address as u64 - 1)
+}
+
+/// The distinct code addresses of a set of return addresses, sorted.
+pub(crate) fn code_addresses(return_addresses: &[usize]) -> Vec<u64> {
+    let mut addresses: Vec<u64> = return_addresses
+        .iter()
+        .filter_map(|&ip| code_address(ip))
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 impl Symbolizer {
@@ -319,6 +372,14 @@ impl Symbolizer {
             }
             if self.lines.len() as u32 == lines_start {
                 self.resolve_elf(index, file_address);
+            } else {
+                // The outermost frame is the function the code was compiled into: its symbol
+                // names it whole, where line-tables-only DWARF holds its bare name.
+                let outermost = self.lines.len() - 1;
+                if let Some((function, system_name)) = self.elf_name(index, file_address) {
+                    self.lines[outermost].function = function;
+                    self.lines[outermost].system_name = Some(system_name);
+                }
             }
         }
         let _ = want_lines;
@@ -334,6 +395,18 @@ impl Symbolizer {
     }
 
     fn resolve_elf(&mut self, index: usize, file_address: u64) {
+        if let Some((function, system_name)) = self.elf_name(index, file_address) {
+            self.push_line(LineEntry {
+                function,
+                system_name: Some(system_name),
+                file: None,
+                line: 0,
+            });
+        }
+    }
+
+    /// The demangled and the raw name of the symbol holding `file_address`, interned.
+    fn elf_name(&mut self, index: usize, file_address: u64) -> Option<(StrId, StrId)> {
         if let SymbolSource::NotLoaded = self.sources[index] {
             let module = &self.modules[index];
             self.sources[index] = match module.has_file().then(|| ElfSymbols::load(&module.path)) {
@@ -342,34 +415,29 @@ impl Symbolizer {
             };
         }
         let SymbolSource::Loaded(symbols) = &self.sources[index] else {
-            return;
+            return None;
         };
-        let Some(raw) = symbols.lookup(file_address) else {
-            return;
-        };
+        let raw = symbols.lookup(file_address)?;
         let name = elf::demangle(raw);
-        if let Some(function) = self.strings.intern(&name) {
-            self.push_line(LineEntry {
-                function,
-                file: None,
-                line: 0,
-            });
-        }
+        let raw = String::from_utf8_lossy(raw);
+        Some((self.strings.intern(&name)?, self.strings.intern(&raw)?))
     }
 
     #[cfg(feature = "dwarf")]
     fn resolve_dwarf(&mut self, index: usize, file_address: u64) {
         let module = &self.modules[index];
         let found = self.dwarf[index].frames(module, file_address);
-        for (function, file, line) in found {
-            let Some(function) = self.strings.intern(&function) else {
+        for frame in found {
+            let Some(function) = self.strings.intern(&frame.name) else {
                 continue;
             };
-            let file = file.and_then(|f| self.strings.intern(&f));
+            let system_name = frame.system_name.and_then(|s| self.strings.intern(&s));
+            let file = frame.file.and_then(|f| self.strings.intern(&f));
             self.push_line(LineEntry {
                 function,
+                system_name,
                 file,
-                line,
+                line: frame.line,
             });
         }
     }
@@ -390,14 +458,55 @@ impl Symbolizer {
             module: cached.module.map(|m| m as usize),
             lines: entries
                 .iter()
-                .map(|entry| {
-                    (
-                        self.strings.get(entry.function).to_owned(),
-                        entry.file.map(|f| self.strings.get(f).to_owned()),
-                        entry.line,
-                    )
+                .map(|entry| crate::profile::Line {
+                    function: self.strings.get(entry.function).to_owned(),
+                    system_name: entry
+                        .system_name
+                        .map(|s| self.strings.get(s).to_owned())
+                        .unwrap_or_default(),
+                    file: entry.file.map(|f| self.strings.get(f).to_owned()),
+                    line: entry.line,
                 })
                 .collect(),
         }
     }
+}
+
+/// Whether the running executable has DWARF line tables (in itself or in a separate debug file)
+/// to name inlined functions with. `None` without the `dwarf` feature or when naming from DWARF
+/// is switched off.
+pub(crate) fn executable_has_dwarf() -> Option<bool> {
+    #[cfg(feature = "dwarf")]
+    if SOURCE_LINES.load(Ordering::Relaxed) {
+        let mut symbolizer = lock();
+        if symbolizer.modules.is_empty() {
+            symbolizer.reload_modules();
+        }
+        let Symbolizer { modules, dwarf, .. } = &mut *symbolizer;
+        let main = modules.first()?;
+        return Some(dwarf.first_mut()?.is_available(main));
+    }
+    None
+}
+
+/// Logs, once per process, that inlined functions cannot be named when the executable has no
+/// DWARF line tables, and what to add to `Cargo.toml`. Called by the first symbol-cache warm-up
+/// (the watch's first tick, at start-up) or the first snapshot, whichever comes first.
+pub(crate) fn warn_once_without_dwarf() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        // Inside the profiler already when called from a snapshot: then no new guard.
+        let _guard = crate::thread_state::ProfilerGuard::enter();
+        if executable_has_dwarf() == Some(false) {
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            tracing::warn!(
+                executable = %exe,
+                "heapwatch: no DWARF line tables in this binary (or a separate debug file): \
+                 functions inlined into others cannot be named, so heap profiles blame their \
+                 callers; add `[profile.release] debug = \"line-tables-only\"` to Cargo.toml"
+            );
+        }
+    });
 }

@@ -2,8 +2,8 @@
 //! another machine) from the binary's own symbol table.
 
 use super::elf::{demangle, ElfSymbols};
-use crate::profile::{Line, Profile};
-use object::{Object, ObjectSegment};
+use crate::profile::{Line, Mapping, Profile};
+use object::{Object, ObjectSegment, SegmentFlags};
 use std::path::Path;
 
 /// Why a binary could not be used.
@@ -17,17 +17,21 @@ pub enum SymbolizeError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// Not an ELF file with symbols.
-    #[error("{0} is not an ELF file with a symbol table")]
+    /// Not an ELF file with symbols or DWARF.
+    #[error("{0} is not an ELF file with a symbol table or DWARF")]
     NoSymbols(String),
     /// The profile has no mapping that this binary could be.
     #[error("no mapping in the profile matches {0} (by build id or file name)")]
     NoMatchingMapping(String),
 }
 
-/// Names every unnamed location of `profile` that lies in `binary`'s mapping (matched by GNU
-/// build id, then by file name, then — if the profile has a single mapping — that one).
-/// Returns how many locations were named.
+/// Names the locations of `profile` that lie in `binary`'s mapping (matched by GNU build id,
+/// then by file name, then — if the profile has a single mapping — that one). `binary` may be
+/// the program, an unstripped copy of it, or its separate debug file (`objcopy
+/// --only-keep-debug`); a debug file it links to (`.gnu_debuglink`) or one under a debug
+/// directory by build id is used too. Where DWARF is found (feature `dwarf`), every location of
+/// the mapping is named afresh with its inlined frames, files and lines; otherwise the
+/// unnamed ones are named from the symbol table. Returns how many locations were named.
 pub fn symbolize_with_binary(
     profile: &mut Profile,
     binary: &Path,
@@ -38,24 +42,44 @@ pub fn symbolize_with_binary(
         source,
     })?;
     let elf = object::File::parse(&*bytes).map_err(|_| SymbolizeError::NoSymbols(shown.clone()))?;
-    let build_id = elf
-        .build_id()
-        .ok()
-        .flatten()
-        .map(super::modules::hex)
-        .unwrap_or_default();
-    let segments: Vec<(u64, u64, u64)> = elf
+    let build_id_bytes = elf.build_id().ok().flatten().unwrap_or_default().to_vec();
+    let build_id = super::modules::hex(&build_id_bytes);
+    let segments: Vec<Segment> = elf
         .segments()
         .map(|s| {
             let (offset, size) = s.file_range();
-            (offset, size, s.address())
+            let executable = matches!(
+                s.flags(),
+                SegmentFlags::Elf { p_flags, .. } if p_flags.0 & object::elf::PF_X.0 != 0
+            );
+            Segment {
+                offset,
+                size,
+                address: s.address(),
+                executable,
+            }
         })
         .collect();
     let path_str = binary
         .to_str()
         .ok_or_else(|| SymbolizeError::NoSymbols(shown.clone()))?;
-    let symbols =
-        ElfSymbols::load(path_str).ok_or_else(|| SymbolizeError::NoSymbols(shown.clone()))?;
+    let symbols = ElfSymbols::load(path_str);
+    #[cfg(feature = "dwarf")]
+    let mut dwarf = super::dwarf::DwarfSource::NotLoaded;
+    #[cfg(feature = "dwarf")]
+    let module = super::modules::Module {
+        path: path_str.to_owned(),
+        bias: 0,
+        segments: Vec::new(),
+        build_id: build_id_bytes.clone(),
+    };
+    #[cfg(feature = "dwarf")]
+    let has_dwarf = dwarf.is_available(&module);
+    #[cfg(not(feature = "dwarf"))]
+    let has_dwarf = false;
+    if symbols.is_none() && !has_dwarf {
+        return Err(SymbolizeError::NoSymbols(shown));
+    }
     let file_name = binary.file_name().map(|n| n.to_string_lossy().into_owned());
     let matches: Vec<usize> = profile
         .mappings
@@ -77,31 +101,76 @@ pub fn symbolize_with_binary(
         return Err(SymbolizeError::NoMatchingMapping(shown));
     }
     let mut named = 0;
-    for location in profile.locations.iter_mut().filter(|l| l.lines.is_empty()) {
+    for location in profile.locations.iter_mut() {
+        if !has_dwarf && !location.lines.is_empty() {
+            continue;
+        }
         let Some(mapping) = location.mapping.filter(|m| matches.contains(m)) else {
             continue;
         };
         let mapping = &profile.mappings[mapping];
-        let Some(file_offset) = location
-            .address
-            .checked_sub(mapping.memory_start)
-            .map(|d| d + mapping.file_offset)
-        else {
+        let Some(address) = file_address(&segments, mapping, location.address) else {
             continue;
         };
-        let Some(&(offset, _, vaddr)) = segments
-            .iter()
-            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
-        else {
-            continue;
-        };
-        if let Some(raw) = symbols.lookup(vaddr + (file_offset - offset)) {
-            location.lines.push(Line {
+        let outer = symbols
+            .as_ref()
+            .and_then(|s| s.lookup(address))
+            .map(|raw| Line {
                 function: demangle(raw),
+                system_name: String::from_utf8_lossy(raw).into_owned(),
                 ..Line::default()
             });
+        #[cfg(feature = "dwarf")]
+        let mut lines: Vec<Line> = dwarf
+            .frames(&module, address)
+            .into_iter()
+            .map(|frame| Line {
+                function: frame.name,
+                system_name: frame.system_name.unwrap_or_default(),
+                file: frame.file,
+                line: frame.line,
+            })
+            .collect();
+        #[cfg(not(feature = "dwarf"))]
+        let mut lines: Vec<Line> = Vec::new();
+        match (lines.last_mut(), outer) {
+            // The outermost frame's symbol names it whole (see `Symbolizer::resolve`).
+            (Some(last), Some(outer)) => {
+                last.function = outer.function;
+                last.system_name = outer.system_name;
+            }
+            (None, Some(outer)) => lines.push(outer),
+            _ => {}
+        }
+        if !lines.is_empty() {
+            location.lines = lines;
             named += 1;
         }
     }
     Ok(named)
+}
+
+/// A loadable segment of the binary.
+struct Segment {
+    offset: u64,
+    size: u64,
+    address: u64,
+    executable: bool,
+}
+
+/// The address in the binary's own terms of a profile location in `mapping`: through the
+/// segment at the mapping's file offset, or — in a separate debug file, whose segments hold no
+/// file bytes — through its executable segment, which is what a mapping describes.
+fn file_address(segments: &[Segment], mapping: &Mapping, address: u64) -> Option<u64> {
+    let delta = address.checked_sub(mapping.memory_start)?;
+    let file_offset = mapping.file_offset + delta;
+    if let Some(segment) = segments
+        .iter()
+        .find(|s| s.size > 0 && (s.offset..s.offset + s.size).contains(&file_offset))
+    {
+        return Some(segment.address + (file_offset - segment.offset));
+    }
+    // A mapping starts where the executable segment starts.
+    let code = segments.iter().find(|s| s.executable)?;
+    Some(code.address + delta)
 }

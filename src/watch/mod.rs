@@ -30,6 +30,7 @@ pub use config::{
 };
 pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
 pub use previous::previous_dump_report;
+pub(crate) use summary::top_sites;
 pub use summary::{DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT};
 pub(crate) use trend::median as median_of;
 pub use trend::{seconds_to_limit, theil_sen_slope};
@@ -41,7 +42,7 @@ use dump::DumpWriter;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use triggers::{Observation, Triggers};
@@ -67,6 +68,10 @@ static REQUEST: AtomicU8 = AtomicU8::new(0);
 static DUMPS_WRITTEN: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static DUMP_ERRORS: AtomicU64 = AtomicU64::new(0);
 static LAST: Mutex<Option<WatchReading>> = Mutex::new(None);
+/// The running watch's dump directory, published at start and withdrawn when it stops: the
+/// HTTP pages read it at each request, so a router or listener built before the watch, or with
+/// no directory of its own, lists what the watch writes.
+static RUNNING_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Starts the watch. See [`WatchBuilder`].
 #[derive(Debug)]
@@ -191,6 +196,7 @@ impl WatchBuilder {
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(WatchError::AlreadyRunning);
         }
+        publish_dump_dir(Some(config.dir.clone()));
         if let Some(rate) = config.sample_rate {
             crate::set_sample_rate(rate);
         }
@@ -201,12 +207,18 @@ impl WatchBuilder {
         let thread_stop = Arc::clone(&stop);
         let spawned = std::thread::Builder::new()
             .name("heapwatch".to_owned())
-            .spawn(move || Watcher::new(config).run(&thread_stop));
+            .spawn(move || {
+                // The watch's own memory (series, detector, snapshots) is not the service's:
+                // nothing this thread allocates is sampled, from its first allocation on.
+                let _guard = crate::thread_state::ProfilerGuard::enter();
+                Watcher::new(config).run(&thread_stop)
+            });
         match spawned {
             Ok(join) => Ok(WatchHandle {
                 thread: Some((join, stop)),
             }),
             Err(e) => {
+                publish_dump_dir(None);
                 RUNNING.store(false, Ordering::Release);
                 Err(WatchError::Spawn(e))
             }
@@ -250,6 +262,7 @@ impl Drop for WatchHandle {
             stop.store(true, Ordering::Release);
             wake::wake();
             let _ = join.join();
+            publish_dump_dir(None);
             RUNNING.store(false, Ordering::Release);
         }
     }
@@ -291,6 +304,32 @@ pub fn dump_errors() -> u64 {
 /// each tick's decisions, after the allocator's early wake is armed for the next threshold.
 pub fn last_reading() -> Option<WatchReading> {
     LAST.lock().ok()?.clone()
+}
+
+/// The directory the running watch writes its dump sets to (its builder's, or `HEAPWATCH_DIR`);
+/// `None` when no watch runs (none started, stopped, or `HEAPWATCH=off`).
+///
+/// ```
+/// // No watch in this process: nothing published.
+/// assert_eq!(heapwatch::watch::running_dump_dir(), None);
+/// ```
+pub fn running_dump_dir() -> Option<PathBuf> {
+    RUNNING_DIR
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// The directory the HTTP pages list when not given one: the running watch's, or without a
+/// watch the one [`WatchBuilder::start`] would use by default (`HEAPWATCH_DIR` or
+/// [`DEFAULT_DIR`]).
+pub fn dump_dir() -> PathBuf {
+    running_dump_dir().unwrap_or_else(|| Watch::builder().resolved().dir)
+}
+
+fn publish_dump_dir(dir: Option<PathBuf>) {
+    // A poisoned lock still holds a valid `Option`: overwrite it.
+    *RUNNING_DIR.lock().unwrap_or_else(PoisonError::into_inner) = dir;
 }
 
 fn reason_index(kind: &str) -> usize {
@@ -373,8 +412,8 @@ impl Watcher {
         }
     }
 
+    /// Runs until `stop`; the caller holds the profiler guard for the thread.
     fn run(mut self, stop: &AtomicBool) {
-        let _guard = crate::thread_state::ProfilerGuard::enter();
         if let Err(e) = std::fs::create_dir_all(self.writer.dir()) {
             tracing::error!(dir = %self.writer.dir().display(), error = %e,
                 "heapwatch: cannot create the dump directory; dumps will fail until it exists");

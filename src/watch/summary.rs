@@ -132,7 +132,7 @@ pub struct DumpFiles {
 pub(crate) fn top_sites(profile: &crate::Profile, count: usize) -> Vec<TopSite> {
     let total = profile.total(crate::SampleType::InuseSpace).max(1) as f64;
     profile
-        .top_functions(crate::SampleType::InuseSpace)
+        .culprits(crate::SampleType::InuseSpace, &crate::plumbing())
         .into_iter()
         .filter(|f| f.flat > 0)
         .take(count)

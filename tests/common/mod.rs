@@ -48,37 +48,123 @@ pub fn example_binary(name: &str) -> PathBuf {
 /// `go tool pprof -top` as (function, flat) rows, in its order. Panics, saying what to
 /// install, when Go is missing: these tests never pass without the real client.
 pub fn pprof_top(profile: &Path, sample_index: &str) -> Vec<(String, i64)> {
-    let mut command = Command::new("go");
-    command.args([
-        "tool",
-        "pprof",
-        "-top",
-        "-nodefraction=0",
-        "-nodecount=1000",
-    ]);
-    command.arg(format!("-sample_index={sample_index}"));
+    let mut args = vec![
+        "-top".to_owned(),
+        "-nodefraction=0".to_owned(),
+        "-nodecount=1000".to_owned(),
+        format!("-sample_index={sample_index}"),
+    ];
     if sample_index.ends_with("space") {
-        command.arg("-unit=B");
+        args.push("-unit=B".to_owned());
     }
-    command.arg(profile);
-    let output = command.output().unwrap_or_else(|e| {
-        panic!("`go tool pprof` could not be run ({e}): install Go (Debian package golang-go); this test does not pass without it")
-    });
-    let text = String::from_utf8_lossy(&output.stdout);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let source = profile.to_str().expect("a UTF-8 profile path");
+    let fetched_to = profile.parent().unwrap_or(Path::new("."));
+    top_rows(&go_pprof(&args, source, fetched_to))
+        .into_iter()
+        .filter_map(|(flat, function)| Some((function, flat.trim_end_matches('B').parse().ok()?)))
+        .collect()
+}
+
+/// The standard output of `go tool pprof ARGS SOURCE`, where the source is a profile file or
+/// an `http://` URL (a fetched profile is saved under `fetched_to`, not in `$HOME/pprof`).
+/// Panics with pprof's error output when it fails, and, saying what to install, when Go is
+/// missing.
+pub fn go_pprof(args: &[&str], source: &str, fetched_to: &Path) -> String {
+    let output = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(source)
+        .env("PPROF_TMPDIR", fetched_to)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`go tool pprof` could not be run ({e}): install Go (Debian package golang-go); this test does not pass without it")
+        });
     assert!(
         output.status.success(),
-        "go tool pprof failed: {}",
+        "go tool pprof {args:?} {source} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The rows of a `go tool pprof -top` report, in its order, as (flat as printed, function).
+pub fn top_rows(text: &str) -> Vec<(String, String)> {
     text.lines()
         .skip_while(|line| !line.trim_start().starts_with("flat"))
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let flat = fields.first()?.trim_end_matches('B').parse().ok()?;
-            Some((fields[5..].join(" "), flat))
+            (fields.len() > 5).then(|| (fields[0].to_owned(), fields[5..].join(" ")))
         })
         .collect()
+}
+
+/// Panics, naming the Debian package that provides it, when `tool` is not on the `PATH`: a
+/// test that needs a real tool fails without it rather than skipping.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package {package}; this test does not pass without it"
+    );
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close` on `addr`, every read and write under a
+/// deadline; returns (status, body), the body decoded if it was sent chunked.
+pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connect to {addr} for {path}: {e}"));
+    let timeout = Some(std::time::Duration::from_secs(30));
+    stream.set_read_timeout(timeout).expect("read timeout");
+    stream.set_write_timeout(timeout).expect("write timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read the response to GET {path}: {e}"));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header in the response to GET {path}"));
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in the response to GET {path}: {head}"));
+    let body = &raw[split + 4..];
+    if head.contains("\r\ntransfer-encoding: chunked") {
+        (status, dechunk(body))
+    } else {
+        (status, body.to_vec())
+    }
+}
+
+/// The payload of a chunked HTTP body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .expect("a chunk size");
+        let start = end + 2;
+        if size == 0 || start + size > body.len() {
+            break;
+        }
+        out.extend_from_slice(&body[start..start + size]);
+        body = &body[(start + size + 2).min(body.len())..];
+    }
+    out
 }
 
 /// The pixels of a headless-Chromium screenshot, as RGB triples.

@@ -1,0 +1,232 @@
+//! Fully qualified names for DWARF frames.
+//!
+//! With `debug = "limited"` or `"full"`, rustc gives every function DIE its mangled linkage
+//! name, which demangles to the whole path (`orders::sessions::retain`). With
+//! `debug = "line-tables-only"` — what most services ship — an inlined function's DIE holds its
+//! bare name only (`retain`, `{closure#0}`, `from_elem<u8>`): no namespaces, no linkage name.
+//! Its code's source file is known, though, and rustc names every compilation unit after its
+//! crate (`src/main.rs/@/orders.1a2b3c-cgu.0`). So the crate is the one whose source root holds
+//! the file, and the module path is the file's path below that root: `src/sessions.rs` of crate
+//! `orders` is `orders::sessions`. Modules declared inline (`mod x { … }`) and the function
+//! that encloses a closure cannot be recovered this way; `debug = "limited"` names them exactly.
+
+/// The source root of a crate compiled into the binary: `dir` holds its root file `root_file`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CrateRoot {
+    pub dir: String,
+    pub root_file: String,
+    pub crate_name: String,
+}
+
+/// The crate root a rustc compilation unit describes: its `DW_AT_name`
+/// (`<root file>/@/<crate>.<hash>-cgu.<n>`) and `DW_AT_comp_dir`. `None` for other units.
+pub(crate) fn crate_root(unit_name: &str, comp_dir: &str) -> Option<CrateRoot> {
+    let (root_path, codegen_unit) = unit_name.split_once("/@/")?;
+    let crate_name = codegen_unit.split(['.', '-']).next()?;
+    if crate_name.is_empty() || !root_path.ends_with(".rs") {
+        return None;
+    }
+    let full = if root_path.starts_with('/') || comp_dir.is_empty() {
+        root_path.to_owned()
+    } else {
+        format!("{}/{}", comp_dir.trim_end_matches('/'), root_path)
+    };
+    let (dir, root_file) = full.rsplit_once('/')?;
+    Some(CrateRoot {
+        dir: dir.to_owned(),
+        root_file: root_file.to_owned(),
+        crate_name: crate_name.to_owned(),
+    })
+}
+
+/// The display name of a DWARF function name found in `file`: demangled if it is a linkage
+/// name, else qualified by the module path of `file` among `roots`. Generic arguments of the
+/// function itself are dropped (`from_elem<u8>` → `from_elem`), and closures and async bodies
+/// read as in symbol names (`{{closure}}`), so every copy of a function, inlined or not, has
+/// one name.
+pub(crate) fn display_name(raw: &str, file: Option<&str>, roots: &[CrateRoot]) -> String {
+    if let Some(demangled) = super::elf::demangle_rust(raw) {
+        return demangled;
+    }
+    let bare = normalize_bare(raw);
+    // Compiler-made symbols (`__rust_alloc`, `__rdl_alloc`) and C functions live in no module.
+    if bare.starts_with("__") {
+        return bare;
+    }
+    match file.and_then(|f| module_path(f, roots)) {
+        Some(path) => format!("{path}::{bare}"),
+        None => bare,
+    }
+}
+
+/// `from_elem<u8>` → `from_elem`; `{closure#0}`, `{async_fn#0}`, `{async_block#3}` →
+/// `{{closure}}`; other names unchanged.
+fn normalize_bare(raw: &str) -> String {
+    if raw.starts_with('{') && raw.contains('#') {
+        return "{{closure}}".to_owned();
+    }
+    let without_generics = match raw.find('<') {
+        Some(at) if at > 0 && raw.ends_with('>') => &raw[..at],
+        _ => raw,
+    };
+    without_generics.to_owned()
+}
+
+/// `crate::module::path` of a source file: from the crate roots of the binary first, then from
+/// the shapes of well-known source trees (the standard library, cargo's registry and git
+/// checkouts), for crates whose units were not seen.
+pub(crate) fn module_path(file: &str, roots: &[CrateRoot]) -> Option<String> {
+    let best = roots
+        .iter()
+        .filter(|root| {
+            file.len() > root.dir.len()
+                && file.starts_with(root.dir.as_str())
+                && file.as_bytes()[root.dir.len()] == b'/'
+        })
+        .max_by_key(|root| root.dir.len());
+    if let Some(root) = best {
+        let relative = &file[root.dir.len() + 1..];
+        let modules = if relative == root.root_file {
+            Vec::new()
+        } else {
+            modules_of(relative)
+        };
+        return Some(join(&root.crate_name, &modules));
+    }
+    // `/rustc/<hash>/library/alloc/src/vec/mod.rs` and the like, or any `<crate>/src/<path>`.
+    let (before, after) = file.rsplit_once("/src/")?;
+    let package = before.rsplit('/').next()?;
+    let crate_name = package_crate(package);
+    if crate_name.is_empty() {
+        return None;
+    }
+    let modules = match after {
+        "lib.rs" | "main.rs" => Vec::new(),
+        _ => modules_of(after),
+    };
+    Some(join(&crate_name, &modules))
+}
+
+/// `vec/mod.rs` → `[vec]`, `handler/service.rs` → `[handler, service]`.
+fn modules_of(relative: &str) -> Vec<&str> {
+    let relative = relative.strip_suffix(".rs").unwrap_or(relative);
+    let mut parts: Vec<&str> = relative.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.last() == Some(&"mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// A package folder's crate name: `axum-0.8.4` → `axum`, `tokio-util-0.7.1` → `tokio_util`.
+fn package_crate(package: &str) -> String {
+    let name = match package.rfind('-') {
+        Some(at) if package[at + 1..].starts_with(|c: char| c.is_ascii_digit()) => &package[..at],
+        _ => package,
+    };
+    name.replace('-', "_")
+}
+
+fn join(crate_name: &str, modules: &[&str]) -> String {
+    let mut path = crate_name.to_owned();
+    for module in modules {
+        path.push_str("::");
+        path.push_str(module);
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots() -> Vec<CrateRoot> {
+        vec![
+            crate_root(
+                "src/main.rs/@/orders_svc.db0fb3209eba74ed-cgu.0",
+                "/srv/orders",
+            )
+            .unwrap(),
+            crate_root(
+                "examples/orders_service/main.rs/@/orders_service.5f1e-cgu.03",
+                "/work/heapwatch",
+            )
+            .unwrap(),
+            crate_root("src/lib.rs/@/heapwatch.77aa-cgu.1", "/work/heapwatch").unwrap(),
+        ]
+    }
+
+    #[test]
+    fn reads_rustc_unit_names() {
+        let root = crate_root("src/main.rs/@/orders_svc.db0fb3209eba74ed-cgu.0", "/srv/o").unwrap();
+        assert_eq!(root.dir, "/srv/o/src");
+        assert_eq!(root.root_file, "main.rs");
+        assert_eq!(root.crate_name, "orders_svc");
+        assert_eq!(crate_root("crt1.c", "/build"), None);
+        assert_eq!(crate_root("../sysdeps/x86_64/start.S", "/b"), None);
+    }
+
+    #[test]
+    fn qualifies_bare_names_by_their_file() {
+        let roots = roots();
+        let name = |raw, file| display_name(raw, Some(file), &roots);
+        assert_eq!(
+            name("retain_session_blob", "/srv/orders/src/sessions.rs"),
+            "orders_svc::sessions::retain_session_blob"
+        );
+        assert_eq!(
+            name("{async_fn#0}", "/srv/orders/src/main.rs"),
+            "orders_svc::{{closure}}"
+        );
+        assert_eq!(
+            name(
+                "retain_session_blob",
+                "/work/heapwatch/examples/orders_service/sessions.rs"
+            ),
+            "orders_service::sessions::retain_session_blob"
+        );
+        // heapwatch's own src/ is not mistaken for the example's crate, nor the reverse.
+        assert_eq!(
+            name("track_alloc", "/work/heapwatch/src/alloc.rs"),
+            "heapwatch::alloc::track_alloc"
+        );
+        assert_eq!(
+            name(
+                "from_elem<u8>",
+                "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/vec/spec_from_elem.rs"
+            ),
+            "alloc::vec::spec_from_elem::from_elem"
+        );
+        assert_eq!(
+            name(
+                "call<F, S>",
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/axum-0.8.9/src/handler/mod.rs"
+            ),
+            "axum::handler::call"
+        );
+        assert_eq!(
+            name(
+                "poll",
+                "/root/.cargo/registry/src/x/tokio-util-0.7.1/src/lib.rs"
+            ),
+            "tokio_util::poll"
+        );
+        assert_eq!(display_name("poll", None, &roots), "poll");
+        assert_eq!(
+            name("__rust_alloc", "/srv/orders/src/main.rs"),
+            "__rust_alloc",
+            "the allocator shim rustc puts in the crate that declares #[global_allocator]"
+        );
+    }
+
+    #[test]
+    fn linkage_names_are_demangled_whole() {
+        assert_eq!(
+            display_name(
+                "_ZN10orders_svc8sessions19retain_session_blob17h68b1805483636ceeE",
+                Some("/elsewhere.rs"),
+                &[]
+            ),
+            "orders_svc::sessions::retain_session_blob"
+        );
+    }
+}
