@@ -13,6 +13,8 @@
 //!   (collections, buffers) are passed over for the first frame that is not one of them. The
 //!   stacks in profiles keep those frames.
 
+use crate::profile::{Location, Profile};
+use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
 /// Innermost frames that are heapwatch or the allocator's entry points.
@@ -124,6 +126,80 @@ impl Plumbing {
     /// Whether the function `name` is plumbing.
     pub fn contains(&self, name: &str) -> bool {
         is_machinery(name) || starts_with_any(name, &self.prefixes)
+    }
+}
+
+/// Cuts the machinery from the leaf end of every stack of `profile` (see [`trim_machinery`]),
+/// after reading consecutive unnamed frames of one object as one. Run on every profile
+/// heapwatch takes, and again on a profile named offline, whose frames were unnamed when it
+/// was taken.
+pub(crate) fn trim_leaves(profile: &mut Profile) {
+    let mut trimmed = HashMap::new();
+    let Profile {
+        samples, locations, ..
+    } = profile;
+    for sample in samples.iter_mut() {
+        collapse_unnamed_runs(locations, &mut sample.locations);
+        trim_machinery(locations, &mut trimmed, &mut sample.locations);
+    }
+}
+
+/// Consecutive unnamed frames of one object (a stripped libc's thread start, say) read as one.
+fn collapse_unnamed_runs(all: &[Location], locations: &mut Vec<usize>) {
+    let unnamed_object = |l: usize| {
+        let location = &all[l];
+        location
+            .lines
+            .is_empty()
+            .then_some(location.mapping)
+            .flatten()
+    };
+    locations.dedup_by(|outer, inner| {
+        unnamed_object(*outer).is_some() && unnamed_object(*outer) == unnamed_object(*inner)
+    });
+}
+
+/// Cuts the allocation machinery from the leaf end of a
+/// stack, frame by frame: whole locations, then the inlined frames of the first location that
+/// has code of the program's. Such a partly cut location is a copy (same address, fewer
+/// frames), made once per location and cut, so other stacks through it keep every frame. A
+/// stack that is machinery all through is kept whole.
+fn trim_machinery(
+    all: &mut Vec<Location>,
+    trimmed: &mut HashMap<(usize, usize), usize>,
+    locations: &mut Vec<usize>,
+) {
+    let mut whole = 0;
+    let mut inlined = 0;
+    for &l in locations.iter() {
+        let lines = &all[l].lines;
+        let cut = lines
+            .iter()
+            .take_while(|line| is_machinery(&line.function))
+            .count();
+        if cut == lines.len() && cut > 0 {
+            whole += 1;
+            continue;
+        }
+        inlined = cut;
+        break;
+    }
+    if whole == locations.len() {
+        return;
+    }
+    locations.drain(..whole);
+    if inlined > 0 {
+        let leaf = locations[0];
+        locations[0] = *trimmed.entry((leaf, inlined)).or_insert_with(|| {
+            let original = &all[leaf];
+            let copy = Location {
+                address: original.address,
+                mapping: original.mapping,
+                lines: original.lines[inlined..].to_vec(),
+            };
+            all.push(copy);
+            all.len() - 1
+        });
     }
 }
 

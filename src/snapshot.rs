@@ -79,7 +79,6 @@ fn snapshot_of(scope: table::Scope) -> Profile {
     }
 
     let mut overflow_location = None;
-    let mut trimmed_leaves = HashMap::new();
     for &(start, len, totals) in raw.stacks.iter() {
         if totals == RawStackTotals::default() {
             // Only in a thread's snapshot: a stack with nothing of that thread's live.
@@ -91,8 +90,6 @@ fn snapshot_of(scope: table::Scope) -> Profile {
             .filter_map(|&ip| symbolize::code_address(ip))
             .filter_map(|address| location_of_address.get(&address).copied())
             .collect();
-        collapse_unnamed_runs(&profile.locations, &mut locations);
-        trim_machinery(&mut profile.locations, &mut trimmed_leaves, &mut locations);
         if len == 0 && raw.overflowed {
             let index = *overflow_location.get_or_insert_with(|| {
                 profile.locations.push(Location {
@@ -116,64 +113,6 @@ fn snapshot_of(scope: table::Scope) -> Profile {
             ],
         });
     }
+    plumbing::trim_leaves(&mut profile);
     profile
-}
-
-/// Consecutive unnamed frames of one object (a stripped libc's thread start, say) read as one.
-fn collapse_unnamed_runs(all: &[Location], locations: &mut Vec<usize>) {
-    let unnamed_object = |l: usize| {
-        let location = &all[l];
-        location
-            .lines
-            .is_empty()
-            .then_some(location.mapping)
-            .flatten()
-    };
-    locations.dedup_by(|outer, inner| {
-        unnamed_object(*outer).is_some() && unnamed_object(*outer) == unnamed_object(*inner)
-    });
-}
-
-/// Cuts the allocation machinery (see [`plumbing`](crate::plumbing)) from the leaf end of a
-/// stack, frame by frame: whole locations, then the inlined frames of the first location that
-/// has code of the program's. Such a partly cut location is a copy (same address, fewer
-/// frames), made once per location and cut, so other stacks through it keep every frame. A
-/// stack that is machinery all through is kept whole.
-fn trim_machinery(
-    all: &mut Vec<Location>,
-    trimmed: &mut HashMap<(usize, usize), usize>,
-    locations: &mut Vec<usize>,
-) {
-    let mut whole = 0;
-    let mut inlined = 0;
-    for &l in locations.iter() {
-        let lines = &all[l].lines;
-        let cut = lines
-            .iter()
-            .take_while(|line| plumbing::is_machinery(&line.function))
-            .count();
-        if cut == lines.len() && cut > 0 {
-            whole += 1;
-            continue;
-        }
-        inlined = cut;
-        break;
-    }
-    if whole == locations.len() {
-        return;
-    }
-    locations.drain(..whole);
-    if inlined > 0 {
-        let leaf = locations[0];
-        locations[0] = *trimmed.entry((leaf, inlined)).or_insert_with(|| {
-            let original = &all[leaf];
-            let copy = Location {
-                address: original.address,
-                mapping: original.mapping,
-                lines: original.lines[inlined..].to_vec(),
-            };
-            all.push(copy);
-            all.len() - 1
-        });
-    }
 }

@@ -360,6 +360,104 @@ fn symbolize_names_a_stripped_profile() {
     );
 }
 
+/// A dump written by a binary stripped of its symbols and DWARF (`strip --strip-all`, debug
+/// info shipped apart as production images do) is named twice over: at run time, when the
+/// debug file is found by build id under `HEAPWATCH_DEBUG_PATH`, and offline, by
+/// `heapwatch symbolize --binary` given the debug file.
+#[test]
+fn a_stripped_binary_is_named_from_its_separate_debug_file() {
+    common::require_tool("objcopy", "binutils");
+    let dir = scratch("split-debug");
+    let demo = common::example_binary("demo");
+    let stripped = dir.join("demo");
+    let debug = dir.join("demo.debug");
+    common::objcopy(&["--only-keep-debug"], &demo, &debug);
+    common::objcopy(&["--strip-all"], &demo, &stripped);
+    let build_id = build_id_of(&stripped);
+
+    // Without its debug file, nothing of the program's own is named.
+    let nameless = run_demo(&stripped, &dir.join("nameless"), None);
+    let rows = parse_rows(&String::from_utf8_lossy(
+        &heapwatch(&["top", nameless.to_str().unwrap()]).stdout,
+    ));
+    assert!(
+        !rows.iter().any(|(f, _)| f.starts_with("demo::")),
+        "a stripped binary named its functions without a debug file: {rows:?}"
+    );
+
+    // Offline: the debug file matches the dump's mapping by build id.
+    let named = dir.join("named.pb.gz");
+    let out = heapwatch(&[
+        "symbolize",
+        nameless.to_str().unwrap(),
+        "--binary",
+        debug.to_str().unwrap(),
+        "-o",
+        named.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = common::pprof_top(&named, "inuse_space");
+    assert_eq!(
+        top.first().map(|r| r.0.as_str()),
+        Some("demo::cache_pages"),
+        "{top:?}"
+    );
+    assert!(
+        top.iter()
+            .take(5)
+            .all(|(f, _)| !f.starts_with("heapwatch::") && !f.starts_with("__rust")),
+        "heapwatch's frames or the allocator shims left at the leaf after offline naming: {top:?}"
+    );
+
+    // At run time: the debug file where distributions put them, under a debug directory.
+    let root = dir.join("debug-root");
+    let by_id = root.join(".build-id").join(&build_id[..2]);
+    std::fs::create_dir_all(&by_id).unwrap();
+    std::fs::copy(&debug, by_id.join(format!("{}.debug", &build_id[2..]))).unwrap();
+    let found = run_demo(&stripped, &dir.join("found"), Some(&root));
+    let top = common::pprof_top(&found, "inuse_space");
+    assert_eq!(
+        top.first().map(|r| r.0.as_str()),
+        Some("demo::cache_pages"),
+        "{top:?}"
+    );
+}
+
+/// Runs the demo binary at `binary`, writing into `out`; returns its profile.
+fn run_demo(binary: &Path, out: &Path, debug_path: Option<&Path>) -> PathBuf {
+    let mut command = Command::new(binary);
+    command.arg(out).env_remove("HEAPWATCH_DEBUG_PATH");
+    if let Some(path) = debug_path {
+        command.env("HEAPWATCH_DEBUG_PATH", path);
+    }
+    let run = command.output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out.join("heap.pb.gz")
+}
+
+/// The GNU build id of an ELF file, in hex, as `readelf -n` prints it.
+fn build_id_of(binary: &Path) -> String {
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(binary)
+        .output()
+        .expect("readelf (binutils)");
+    let text = String::from_utf8_lossy(&notes.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build id")
+        .trim()
+        .to_owned()
+}
+
 #[test]
 fn bad_input_gives_one_line_and_a_non_zero_exit() {
     let dir = scratch("bad");

@@ -113,7 +113,7 @@ fn without_dwarf_a_warning_once_and_the_handler_named_from_the_symbol_table() {
     common::require_tool("objcopy", "binutils");
     let scratch = scratch_dir("nodwarf");
     let stripped = scratch.join("orders_service");
-    objcopy(
+    common::objcopy(
         &["--strip-debug"],
         &common::example_binary("orders_service"),
         &stripped,
@@ -160,10 +160,10 @@ fn split_debug_info_found_through_gnu_debuglink_names_the_inlined_leak() {
     let binary = common::example_binary("orders_service");
     let debug = scratch.join("orders_service.debug");
     let stripped = scratch.join("orders_service");
-    objcopy(&["--only-keep-debug"], &binary, &debug);
+    common::objcopy(&["--only-keep-debug"], &binary, &debug);
     // The link records the file's name; it is looked up next to the stripped binary.
     let link = format!("--add-gnu-debuglink={}", debug.display());
-    objcopy(&["--strip-debug", &link], &binary, &stripped);
+    common::objcopy(&["--strip-debug", &link], &binary, &stripped);
     let service = Service::start(&stripped, &scratch, &[]);
     drive(&service.addr, &LIGHT_LOAD, || true);
     let mut failures = Failures::default();
@@ -185,22 +185,6 @@ fn scratch_dir(part: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `objcopy FLAGS INPUT OUTPUT`.
-fn objcopy(flags: &[&str], input: &Path, output: &Path) {
-    let result = Command::new("objcopy")
-        .args(flags)
-        .arg(input)
-        .arg(output)
-        .output()
-        .expect("run objcopy (Debian package binutils)");
-    assert!(
-        result.status.success(),
-        "objcopy {flags:?} {} failed: {}",
-        input.display(),
-        String::from_utf8_lossy(&result.stderr)
-    );
 }
 
 /// Whether a symbol of `binary`'s symbol table, demangled, contains `name`.

@@ -23,6 +23,9 @@ struct FunctionSymbol {
 pub(crate) struct ElfSymbols {
     map: Mmap,
     symbols: PVec<FunctionSymbol, ProfilerAlloc>,
+    /// Whether the names come from `.symtab` (every function) rather than `.dynsym` (the
+    /// exported ones, all a stripped object keeps).
+    complete: bool,
 }
 
 impl ElfSymbols {
@@ -39,6 +42,7 @@ impl ElfSymbols {
         let base = map.as_ptr() as usize;
         let mut symbols = PVec::new_in(ProfilerAlloc);
         index_functions(&mut symbols, base, elf.symbols());
+        let complete = !symbols.is_empty();
         if symbols.is_empty() {
             index_functions(&mut symbols, base, elf.dynamic_symbols());
         }
@@ -49,7 +53,16 @@ impl ElfSymbols {
         symbols.sort_unstable_by_key(|s| (s.address, std::cmp::Reverse(s.size)));
         symbols.dedup_by_key(|s| s.address);
         symbols.shrink_to_fit();
-        Some(ElfSymbols { map, symbols })
+        Some(ElfSymbols {
+            map,
+            symbols,
+            complete,
+        })
+    }
+
+    /// Whether every function is named (a `.symtab`), not only the exported ones.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// The raw (mangled) name of the function containing the file address `address`.

@@ -408,10 +408,9 @@ impl Symbolizer {
     /// The demangled and the raw name of the symbol holding `file_address`, interned.
     fn elf_name(&mut self, index: usize, file_address: u64) -> Option<(StrId, StrId)> {
         if let SymbolSource::NotLoaded = self.sources[index] {
-            let module = &self.modules[index];
-            self.sources[index] = match module.has_file().then(|| ElfSymbols::load(&module.path)) {
-                Some(Some(symbols)) => SymbolSource::Loaded(symbols),
-                _ => SymbolSource::Unavailable,
+            self.sources[index] = match load_symbols(&self.modules[index]) {
+                Some(symbols) => SymbolSource::Loaded(symbols),
+                None => SymbolSource::Unavailable,
             };
         }
         let SymbolSource::Loaded(symbols) = &self.sources[index] else {
@@ -470,6 +469,26 @@ impl Symbolizer {
                 .collect(),
         }
     }
+}
+
+/// The symbol table of a module: its own, or — when it was stripped to its exported symbols —
+/// the full one of its separate debug file (`objcopy --only-keep-debug` keeps `.symtab`).
+fn load_symbols(module: &Module) -> Option<ElfSymbols> {
+    if !module.has_file() {
+        return None;
+    }
+    let own = ElfSymbols::load(&module.path);
+    if own.as_ref().is_some_and(ElfSymbols::is_complete) {
+        return own;
+    }
+    #[cfg(feature = "dwarf")]
+    if let Some(debug) = debug_file::find(&module.path, &module.build_id) {
+        let from_debug = debug.path.to_str().and_then(ElfSymbols::load);
+        if from_debug.as_ref().is_some_and(ElfSymbols::is_complete) {
+            return from_debug;
+        }
+    }
+    own
 }
 
 /// Whether the running executable has DWARF line tables (in itself or in a separate debug file)

@@ -1,7 +1,7 @@
 //! Offline symbolization: naming the addresses of a profile written without names (or on
 //! another machine) from the binary's own symbol table.
 
-use super::elf::{demangle, ElfSymbols};
+use super::elf::demangle;
 use crate::profile::{Line, Mapping, Profile};
 use object::{Object, ObjectSegment, SegmentFlags};
 use std::path::Path;
@@ -63,16 +63,15 @@ pub fn symbolize_with_binary(
     let path_str = binary
         .to_str()
         .ok_or_else(|| SymbolizeError::NoSymbols(shown.clone()))?;
-    let symbols = ElfSymbols::load(path_str);
-    #[cfg(feature = "dwarf")]
-    let mut dwarf = super::dwarf::DwarfSource::NotLoaded;
-    #[cfg(feature = "dwarf")]
     let module = super::modules::Module {
         path: path_str.to_owned(),
         bias: 0,
         segments: Vec::new(),
         build_id: build_id_bytes.clone(),
     };
+    let symbols = super::load_symbols(&module);
+    #[cfg(feature = "dwarf")]
+    let mut dwarf = super::dwarf::DwarfSource::NotLoaded;
     #[cfg(feature = "dwarf")]
     let has_dwarf = dwarf.is_available(&module);
     #[cfg(not(feature = "dwarf"))]
@@ -147,6 +146,8 @@ pub fn symbolize_with_binary(
             named += 1;
         }
     }
+    // Frames unnamed when the profile was taken could not be told from heapwatch's own.
+    crate::plumbing::trim_leaves(profile);
     Ok(named)
 }
 

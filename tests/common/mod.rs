@@ -223,3 +223,19 @@ pub fn chromium_screenshot(url: &str, window: &str, dir: &Path, name: &str) -> S
         rgb,
     }
 }
+
+/// `objcopy FLAGS INPUT OUTPUT` (Debian package binutils; a missing tool fails the test).
+pub fn objcopy(flags: &[&str], input: &Path, output: &Path) {
+    let result = Command::new("objcopy")
+        .args(flags)
+        .arg(input)
+        .arg(output)
+        .output()
+        .expect("run objcopy (Debian package binutils)");
+    assert!(
+        result.status.success(),
+        "objcopy {flags:?} {} failed: {}",
+        input.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}

@@ -74,11 +74,14 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
-    /// Fill in function names for a profile written without them, from the binary's symbols.
+    /// Name a profile written without names (a stripped binary, another machine): inlined
+    /// frames, files and lines from DWARF where found, else the symbol table.
     Symbolize {
         /// A pprof heap profile.
         file: PathBuf,
-        /// The binary that wrote it (same build).
+        /// The binary that wrote it (same build: matched by build id), an unstripped copy, or
+        /// its separate debug file; a debug file it links to (`.gnu_debuglink`, or by build id
+        /// under /usr/lib/debug and `HEAPWATCH_DEBUG_PATH`) is used too.
         #[arg(long)]
         binary: PathBuf,
         /// Where to write the named profile (default: FILE with `.symbolized.pb.gz`).
