@@ -129,34 +129,17 @@ impl Plumbing {
     }
 }
 
-/// Cuts the machinery from the leaf end of every stack of `profile` (see [`trim_machinery`]),
-/// after reading consecutive unnamed frames of one object as one. Run on every profile
-/// heapwatch takes, and again on a profile named offline, whose frames were unnamed when it
-/// was taken.
+/// Cuts the machinery from the leaf end of every stack of `profile` (see [`trim_machinery`]).
+/// Run on every profile heapwatch takes, and again on a profile named offline, whose frames
+/// were unnamed when it was taken.
 pub(crate) fn trim_leaves(profile: &mut Profile) {
     let mut trimmed = HashMap::new();
     let Profile {
         samples, locations, ..
     } = profile;
     for sample in samples.iter_mut() {
-        collapse_unnamed_runs(locations, &mut sample.locations);
         trim_machinery(locations, &mut trimmed, &mut sample.locations);
     }
-}
-
-/// Consecutive unnamed frames of one object (a stripped libc's thread start, say) read as one.
-fn collapse_unnamed_runs(all: &[Location], locations: &mut Vec<usize>) {
-    let unnamed_object = |l: usize| {
-        let location = &all[l];
-        location
-            .lines
-            .is_empty()
-            .then_some(location.mapping)
-            .flatten()
-    };
-    locations.dedup_by(|outer, inner| {
-        unnamed_object(*outer).is_some() && unnamed_object(*outer) == unnamed_object(*inner)
-    });
 }
 
 /// Cuts the allocation machinery from the leaf end of a
@@ -282,6 +265,73 @@ mod tests {
         }
         assert!(!is_machinery("orders::sessions::retain_session_blob"));
         assert!(!is_machinery("heapwatch_user::handler"));
+    }
+
+    fn line(function: &str) -> crate::Line {
+        crate::Line {
+            function: function.to_owned(),
+            ..crate::Line::default()
+        }
+    }
+
+    #[test]
+    fn machinery_is_cut_frame_by_frame_and_other_stacks_keep_theirs() {
+        use crate::profile::{Location, Profile, Sample};
+        let inlined = Location {
+            address: 0x1000,
+            mapping: None,
+            lines: [
+                "heapwatch::alloc::track_alloc",
+                "__rust_alloc",
+                "alloc::vec::from_elem",
+            ]
+            .into_iter()
+            .chain([
+                "orders::handlers::retain_blob",
+                "<F as axum::Handler>::call::{{closure}}",
+            ])
+            .map(line)
+            .collect(),
+        };
+        let shim = Location {
+            address: 0x2000,
+            lines: vec![line("__rdl_alloc")],
+            ..Location::default()
+        };
+        let all_machinery = Location {
+            address: 0x3000,
+            lines: vec![line("alloc::raw_vec::finish_grow")],
+            ..Location::default()
+        };
+        let mut profile = Profile {
+            samples: vec![
+                Sample {
+                    locations: vec![1, 0],
+                    values: [1, 10, 1, 10],
+                },
+                Sample {
+                    locations: vec![2],
+                    values: [1, 20, 1, 20],
+                },
+            ],
+            locations: vec![inlined.clone(), shim, all_machinery],
+            ..Profile::default()
+        };
+        trim_leaves(&mut profile);
+        let first: Vec<String> = profile.stack_names(&profile.samples[0]).collect();
+        assert_eq!(
+            first,
+            [
+                "orders::handlers::retain_blob",
+                "<F as axum::Handler>::call::{{closure}}"
+            ]
+        );
+        assert_eq!(
+            profile.locations[0], inlined,
+            "the shared location is copied, not cut"
+        );
+        // A stack of machinery alone keeps its frames rather than vanishing.
+        assert_eq!(profile.samples[1].locations, vec![2]);
     }
 
     #[test]

@@ -205,11 +205,19 @@ impl Profile {
     }
 
     /// The function names of a sample's stack, innermost first, inlined frames expanded.
-    /// Unnamed addresses read as their object (`[libc.so.6]`), or `0x…` outside any.
+    /// Unnamed addresses read as their object (`[libc.so.6]`), once for consecutive frames of
+    /// one object, or `0x…` outside any.
     pub fn stack_names<'a>(&'a self, sample: &'a Sample) -> impl Iterator<Item = String> + 'a {
+        let mut previous_unnamed = None;
         sample.locations.iter().flat_map(move |&index| {
             let location = self.locations.get(index);
+            let unnamed = location
+                .filter(|l| l.lines.is_empty())
+                .and_then(|l| l.mapping);
+            let repeat = unnamed.is_some() && unnamed == previous_unnamed;
+            previous_unnamed = unnamed;
             let names: Vec<String> = match location {
+                _ if repeat => Vec::new(),
                 Some(location) if !location.lines.is_empty() => {
                     location.lines.iter().map(|l| l.function.clone()).collect()
                 }
@@ -377,6 +385,64 @@ impl FunctionNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn culprits_pass_over_plumbing_and_unnamed_runs_read_once() {
+        let named = |address, function: &str| Location {
+            address,
+            mapping: Some(0),
+            lines: vec![Line {
+                function: function.to_owned(),
+                ..Line::default()
+            }],
+        };
+        let unnamed = |address| Location {
+            address,
+            mapping: Some(1),
+            lines: Vec::new(),
+        };
+        let profile = Profile {
+            samples: vec![Sample {
+                locations: vec![0, 1, 2, 3],
+                values: [1, 100, 1, 100],
+            }],
+            locations: vec![
+                named(1, "bytes::bytes_mut::BytesMut::reserve_inner"),
+                named(2, "orders::encode_reply"),
+                unnamed(3),
+                unnamed(4),
+            ],
+            mappings: vec![
+                Mapping::default(),
+                Mapping {
+                    path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+                    ..Mapping::default()
+                },
+            ],
+            ..Profile::default()
+        };
+        let culprits = profile.culprits(SampleType::InuseSpace, &crate::Plumbing::default());
+        assert_eq!(culprits[0].function, "orders::encode_reply");
+        let flat = profile.top_functions(SampleType::InuseSpace);
+        assert_eq!(
+            flat[0].function,
+            "bytes::bytes_mut::BytesMut::reserve_inner"
+        );
+        let culprits = profile.culprits(SampleType::InuseSpace, &crate::Plumbing::none());
+        assert_eq!(
+            culprits[0].function,
+            "bytes::bytes_mut::BytesMut::reserve_inner"
+        );
+        let names: Vec<String> = profile.stack_names(&profile.samples[0]).collect();
+        assert_eq!(
+            names,
+            [
+                "bytes::bytes_mut::BytesMut::reserve_inner",
+                "orders::encode_reply",
+                "[libc.so.6]"
+            ]
+        );
+    }
 
     fn line(name: &str) -> Location {
         Location {

@@ -95,7 +95,7 @@ async fn main() {
         .route("/report", get(handlers::get_report))
         .route("/health", get(handlers::health))
         .with_state(Arc::new(handlers::AppState::default()))
-        .nest("/heapwatch", heapwatch::http::router());
+        .nest_service("/heapwatch", heapwatch::http::router());
 
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
