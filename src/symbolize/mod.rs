@@ -230,7 +230,7 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
             addresses = addresses.len(),
             millis = started.elapsed().as_millis() as u64,
             symbolizer_bytes = held,
-            inlined_frames = want_lines,
+            source_lines = want_lines,
             "heapwatch: first stacks named"
         );
     }
@@ -497,13 +497,9 @@ fn load_symbols(module: &Module) -> Option<ElfSymbols> {
 pub(crate) fn executable_has_dwarf() -> Option<bool> {
     #[cfg(feature = "dwarf")]
     if SOURCE_LINES.load(Ordering::Relaxed) {
-        let mut symbolizer = lock();
-        if symbolizer.modules.is_empty() {
-            symbolizer.reload_modules();
-        }
-        let Symbolizer { modules, dwarf, .. } = &mut *symbolizer;
-        let main = modules.first()?;
-        return Some(dwarf.first_mut()?.is_available(main));
+        let main = modules::loaded_modules().into_iter().next()?;
+        // Only looks: the DWARF is parsed when a stack first needs it.
+        return Some(debug_file::find(&main.path, &main.build_id).is_some());
     }
     None
 }

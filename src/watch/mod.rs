@@ -30,6 +30,7 @@ pub use config::{
 };
 pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
 pub use previous::previous_dump_report;
+#[cfg(feature = "http")]
 pub(crate) use summary::top_sites;
 pub use summary::{DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT};
 pub(crate) use trend::median as median_of;
