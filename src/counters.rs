@@ -7,7 +7,7 @@
 //! by the next new thread, so totals stay exact however many threads start and exit.
 
 use crate::internal_alloc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// One thread's running totals. 64-byte aligned so two threads never share a line.
 #[repr(align(64))]
@@ -52,6 +52,14 @@ impl CounterBlock {
         self.allocated_bytes
             .load(Ordering::Relaxed)
             .wrapping_sub(self.freed_bytes.load(Ordering::Relaxed)) as i64
+    }
+
+    /// Blocks this block counted as allocated minus freed. Exact when read by the owner.
+    #[inline]
+    pub(crate) fn net_objects(&self) -> i64 {
+        self.allocated_objects
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.freed_objects.load(Ordering::Relaxed)) as i64
     }
 
     /// Records a free. Only the owning thread may call this.
@@ -142,10 +150,25 @@ pub(crate) fn release_block(block: &'static CounterBlock) {
     block.in_use.store(false, Ordering::Release);
 }
 
+/// Heap that heapwatch itself holds through the global allocator — the DWARF reader's parsed
+/// units, which `addr2line` cannot allocate anywhere else — as bytes and blocks. Measured exactly
+/// (what the symbolizing thread's counters gained while the reader worked) and taken out of
+/// [`stats`], so the figures stay the program's own.
+static HELD_BY_PROFILER: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)];
+
+/// Adds `bytes` and `objects` (negative: gives back) to what heapwatch holds through the global
+/// allocator.
+pub(crate) fn hold_for_profiler(bytes: i64, objects: i64) {
+    HELD_BY_PROFILER[0].fetch_add(bytes, Ordering::Relaxed);
+    HELD_BY_PROFILER[1].fetch_add(objects, Ordering::Relaxed);
+}
+
 /// A point-in-time reading of the exact heap counters.
 ///
 /// These are counted on every allocation, not sampled. `live_*` are what the process holds now;
-/// `allocated_*` and `freed_*` are totals since start.
+/// `allocated_*` and `freed_*` are totals since start. What heapwatch's DWARF reader holds
+/// (reported as [`ProfilerStats::symbol_cache_bytes`](crate::ProfilerStats)) is not in
+/// `live_*` and `allocated_*`: only the program's heap is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     /// Bytes currently allocated (allocated minus freed), as requested by callers.
@@ -195,6 +218,9 @@ pub fn stats() -> HeapStats {
         add(block);
         cursor = block.next.load(Ordering::Acquire);
     }
+    let held = |i: usize| HELD_BY_PROFILER[i].load(Ordering::Relaxed).max(0) as u64;
+    total.allocated_bytes = total.allocated_bytes.saturating_sub(held(0));
+    total.allocated_objects = total.allocated_objects.saturating_sub(held(1));
     // Frees on one thread of blocks allocated on another are read a moment apart, so a
     // concurrent reading may briefly see more freed than allocated; clamp rather than wrap.
     total.live_bytes = total.allocated_bytes.saturating_sub(total.freed_bytes);

@@ -167,7 +167,9 @@ fn trim_machinery(
         inlined = cut;
         break;
     }
-    if whole == locations.len() {
+    // All machinery, or machinery down to frames nobody could name (a stripped libc's thread
+    // start): no program frame to blame, so the stack stays whole.
+    if whole == locations.len() || (inlined == 0 && all[locations[whole]].lines.is_empty()) {
         return;
     }
     locations.drain(..whole);

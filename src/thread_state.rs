@@ -295,8 +295,19 @@ pub(crate) fn current_thread() -> ThreadTag {
 /// Bytes the calling thread allocated minus the bytes it freed (through its counter block);
 /// `None` before its first allocation or after its exit.
 pub(crate) fn thread_net_bytes() -> Option<i64> {
+    thread_net().map(|(bytes, _)| bytes)
+}
+
+/// Bytes and blocks the calling thread allocated minus those it freed; `None` before its first
+/// allocation or after its exit.
+pub(crate) fn thread_net() -> Option<(i64, i64)> {
     STATE
-        .try_with(|state| state.block.get().map(CounterBlock::net_bytes))
+        .try_with(|state| {
+            state
+                .block
+                .get()
+                .map(|block| (block.net_bytes(), block.net_objects()))
+        })
         .ok()
         .flatten()
 }

@@ -413,11 +413,16 @@ fn a_stripped_binary_is_named_from_its_separate_debug_file() {
         "heapwatch's frames or the allocator shims left at the leaf after offline naming: {top:?}"
     );
 
-    // At run time: the debug file where distributions put them, under a debug directory.
+    // At run time: the debug file where distributions put them, under a debug directory, and
+    // with its sections compressed, as their debug packages ship them.
     let root = dir.join("debug-root");
     let by_id = root.join(".build-id").join(&build_id[..2]);
     std::fs::create_dir_all(&by_id).unwrap();
-    std::fs::copy(&debug, by_id.join(format!("{}.debug", &build_id[2..]))).unwrap();
+    common::objcopy(
+        &["--compress-debug-sections=zlib"],
+        &debug,
+        &by_id.join(format!("{}.debug", &build_id[2..])),
+    );
     let found = run_demo(&stripped, &dir.join("found"), Some(&root));
     let top = common::pprof_top(&found, "inuse_space");
     assert_eq!(

@@ -6,15 +6,17 @@
 //!    each debug directory followed by the object's own folder.
 //!
 //! The debug directories are `/usr/lib/debug` and those listed (`:`-separated) in
-//! `HEAPWATCH_DEBUG_PATH`. A candidate is used only if it is a regular file owned by root or by
-//! this process's user and not writable by anyone else (nobody can plant names for us), carries
-//! DWARF, and is the right file: same build id, or, for a debug link without build ids, the CRC
-//! the link records.
+//! `HEAPWATCH_DEBUG_PATH`. A candidate is used only if it is a regular file (opened without
+//! blocking, so a planted FIFO cannot hang us) owned by root or by this process's user and
+//! writable by no one else (nobody can plant names for us), carries DWARF, and is the right
+//! file: same build id, or, for a debug link without build ids, the CRC the link records.
+//! Symbolic links are followed: the build-id trees of some distributions are made of them, and
+//! what they point to must pass the same checks. The object itself is code this process already
+//! runs, so it is only checked to be the file that was loaded (same build id).
 
 use memmap2::Mmap;
 use object::{Object, ObjectSection};
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The system's debug directory, searched after `HEAPWATCH_DEBUG_PATH`'s.
@@ -42,8 +44,13 @@ pub(crate) struct DebugFile {
 /// The file holding `object_path`'s DWARF (possibly the object itself), if any. `build_id` is
 /// the object's GNU build id as the loader reported it (empty if none).
 pub(crate) fn find(object_path: &str, build_id: &[u8]) -> Option<DebugFile> {
-    let object_map = map_trusted(Path::new(object_path))?;
+    let object_map = map_file(Path::new(object_path), Trust::LoadedObject)?;
     let object = object::File::parse(&*object_map).ok()?;
+    let file_id = object.build_id().ok().flatten();
+    if !build_id.is_empty() && file_id.is_some_and(|id| id != build_id) {
+        // Replaced on disk since it was loaded: neither its names nor its DWARF are ours.
+        return None;
+    }
     if has_dwarf(&object) {
         return Some(DebugFile {
             path: PathBuf::from(object_path),
@@ -98,7 +105,7 @@ pub(crate) fn has_dwarf(object: &object::File<'_>) -> bool {
 /// Opens `candidate` if it is a trusted file with DWARF and matches the object: by build id
 /// when both have one, else by the debug link's CRC.
 fn open_candidate(candidate: &Path, build_id: &[u8], crc: Option<u32>) -> Option<DebugFile> {
-    let map = map_trusted(candidate)?;
+    let map = map_file(candidate, Trust::Candidate)?;
     let file = object::File::parse(&*map).ok()?;
     if !has_dwarf(&file) {
         return None;
@@ -115,15 +122,35 @@ fn open_candidate(candidate: &Path, build_id: &[u8], crc: Option<u32>) -> Option
     })
 }
 
-/// Maps a file read-only if nobody but root or this user could have written it.
-fn map_trusted(path: &Path) -> Option<Mmap> {
-    let file = File::open(path).ok()?;
+/// How far a file to map must be trusted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// An object this process loaded: any regular file.
+    LoadedObject,
+    /// A file found by name: owned by root or this user, writable by no one else.
+    Candidate,
+}
+
+/// Maps a regular file read-only, if it is as trusted as `trust` asks.
+fn map_file(path: &Path, trust: Trust) -> Option<Mmap> {
+    // Non-blocking: opening a FIFO planted under a searched name must not wait for a writer.
+    // No controlling terminal from a tty either, and nothing inherited across exec.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
     let meta = file.metadata().ok()?;
-    // SAFETY: `geteuid` has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let writable_by_others = meta.mode() & 0o022 != 0;
-    if !meta.is_file() || (meta.uid() != 0 && meta.uid() != me) || writable_by_others {
+    if !meta.is_file() {
         return None;
+    }
+    if trust == Trust::Candidate {
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        if (meta.uid() != 0 && meta.uid() != me) || writable_by_others {
+            return None;
+        }
     }
     // SAFETY: a private read-only mapping of a regular file. A file truncated while mapped
     // would fault on reads past its new end; debug files and loaded objects are replaced by
@@ -161,18 +188,38 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let planted = dir.join("planted.debug");
         std::fs::copy(std::env::current_exe().unwrap(), &planted).unwrap();
-        assert!(map_trusted(&planted).is_some());
+        assert!(map_file(&planted, Trust::Candidate).is_some());
         std::fs::set_permissions(
             &planted,
             std::os::unix::fs::PermissionsExt::from_mode(0o666),
         )
         .unwrap();
-        assert!(map_trusted(&planted).is_none());
+        assert!(map_file(&planted, Trust::Candidate).is_none());
+        // The binary a process runs is its own, however its mode was set (umask 002 builds).
+        assert!(map_file(&planted, Trust::LoadedObject).is_some());
         assert!(
-            map_trusted(&dir).is_none(),
+            map_file(&dir, Trust::LoadedObject).is_none(),
             "a directory is not a debug file"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("heapwatch-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("app.debug");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (done, finished) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(map_file(&path, Trust::Candidate).is_none());
+        });
+        let refused = finished.recv_timeout(std::time::Duration::from_secs(20));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(refused, Ok(true), "opening a FIFO blocked or was accepted");
     }
 
     #[test]

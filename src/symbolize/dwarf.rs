@@ -2,11 +2,13 @@
 //! std's own backtraces use. It parses lazily: at load, the unit headers and their address
 //! ranges; a unit's line table and function tree only when an address in that unit is first
 //! looked up. The sections themselves stay in the file mapping (clean pages the kernel can
-//! drop), except compressed ones, which are inflated onto the heap up to a bound.
+//! drop), except compressed ones (distributions' debug files), inflated onto the heap.
 //!
-//! What the parsed units hold is measured (the heap this thread gains while addr2line works)
-//! and capped: past [`MEMORY_CAP`] the parsed state is dropped and parsed again on demand.
-//! Names already resolved stay in the symbolizer's cache either way.
+//! What the parsed units hold is measured (the heap this thread gains while addr2line works,
+//! which allocates through the global allocator), held out of the program's heap counters, and
+//! capped: past [`MEMORY_CAP`] the parsed state is dropped and parsed again on demand, and an
+//! object whose loading alone takes half of it is named from its symbol table instead. Names
+//! already resolved stay in the symbolizer's cache either way.
 
 use super::debug_file;
 use super::modules::Module;
@@ -16,11 +18,14 @@ use memmap2::Mmap;
 use object::{Object, ObjectSection};
 use std::borrow::Cow;
 
-/// Heap that parsed DWARF may hold per object before it is dropped and parsed afresh.
-pub(crate) const MEMORY_CAP: usize = 64 << 20;
+/// Heap that parsed DWARF may hold per object; past it the parsed units are dropped and parsed
+/// again on demand. An object whose unit headers alone take half of it is named from its symbol
+/// table instead.
+pub(crate) const MEMORY_CAP: i64 = 64 << 20;
 
-/// Compressed debug sections are inflated only up to this many bytes per object.
-const INFLATE_CAP: u64 = 256 << 20;
+/// Compressed debug sections are inflated only up to this many bytes per object (and what they
+/// take counts against [`MEMORY_CAP`]).
+const INFLATE_CAP: u64 = MEMORY_CAP as u64;
 
 type Slice = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 
@@ -38,7 +43,8 @@ pub(crate) struct RawFrame {
 pub(crate) enum DwarfSource {
     NotLoaded,
     Loaded(Box<Loaded>),
-    /// No DWARF for this object (or it could not be read): named from its symbol table.
+    /// No DWARF for this object (or it could not be read, or is too large to hold): named from
+    /// its symbol table.
     Unavailable,
 }
 
@@ -49,8 +55,15 @@ pub(crate) struct Loaded {
     roots: Vec<CrateRoot>,
     _inflated: Vec<Box<[u8]>>,
     _map: Mmap,
-    /// Heap held by `context` (and `inflated`), as measured.
-    held: usize,
+    /// Heap (bytes, blocks) this holds through the global allocator, as measured; held out of
+    /// the program's counters until dropped.
+    held: (i64, i64),
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        crate::counters::hold_for_profiler(-self.held.0, -self.held.1);
+    }
 }
 
 impl DwarfSource {
@@ -58,11 +71,21 @@ impl DwarfSource {
     /// DWARF there.
     pub(crate) fn frames(&mut self, module: &Module, file_address: u64) -> Vec<RawFrame> {
         if let DwarfSource::NotLoaded = self {
-            let (loaded, held) = measured(|| Loaded::open(module));
+            let (loaded, grown) = measured(|| Loaded::open(module).map(Box::new));
             *self = match loaded {
                 Some(mut loaded) => {
-                    loaded.held = held.max(0) as usize;
-                    DwarfSource::Loaded(Box::new(loaded))
+                    loaded.hold(grown);
+                    if loaded.held.0 > MEMORY_CAP / 2 {
+                        tracing::warn!(
+                            object = %module.path,
+                            held_bytes = loaded.held.0,
+                            "heapwatch: this object's DWARF is too large to hold; its inlined \
+                             functions are not named"
+                        );
+                        DwarfSource::Unavailable
+                    } else {
+                        DwarfSource::Loaded(loaded)
+                    }
                 }
                 None => DwarfSource::Unavailable,
             };
@@ -70,9 +93,12 @@ impl DwarfSource {
         let DwarfSource::Loaded(loaded) = self else {
             return Vec::new();
         };
-        let (frames, grown) = measured(|| loaded.frames(file_address));
-        loaded.held = loaded.held.saturating_add_signed(grown as isize);
-        if loaded.held > MEMORY_CAP {
+        // Parse what the address needs, measured; then read the names, not measured (they are
+        // the caller's, and freed by it).
+        let ((), grown) = measured(|| loaded.parse_for(file_address));
+        loaded.hold(grown);
+        let frames = loaded.frames(file_address);
+        if loaded.held.0 > MEMORY_CAP {
             // Parse again on demand rather than keep growing.
             *self = DwarfSource::NotLoaded;
         }
@@ -82,7 +108,7 @@ impl DwarfSource {
     /// Heap held by the parsed DWARF.
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            DwarfSource::Loaded(loaded) => loaded.held,
+            DwarfSource::Loaded(loaded) => loaded.held.0.max(0) as usize,
             _ => 0,
         }
     }
@@ -96,12 +122,13 @@ impl DwarfSource {
     }
 }
 
-/// Runs `f` and returns the heap this thread gained meanwhile (what `f` left allocated).
-fn measured<T>(f: impl FnOnce() -> T) -> (T, i64) {
-    let before = crate::thread_state::thread_net_bytes().unwrap_or(0);
+/// Runs `f` and returns the heap (bytes, blocks) this thread gained meanwhile: what `f` left
+/// allocated.
+fn measured<T>(f: impl FnOnce() -> T) -> (T, (i64, i64)) {
+    let before = crate::thread_state::thread_net().unwrap_or((0, 0));
     let out = f();
-    let after = crate::thread_state::thread_net_bytes().unwrap_or(0);
-    (out, after - before)
+    let after = crate::thread_state::thread_net().unwrap_or(before);
+    (out, (after.0 - before.0, after.1 - before.1))
 }
 
 impl Loaded {
@@ -160,8 +187,22 @@ impl Loaded {
             roots,
             _inflated: inflated,
             _map: map,
-            held: 0,
+            held: (0, 0),
         })
+    }
+
+    fn hold(&mut self, grown: (i64, i64)) {
+        self.held.0 += grown.0;
+        self.held.1 += grown.1;
+        crate::counters::hold_for_profiler(grown.0, grown.1);
+    }
+
+    /// Has the reader parse the unit holding `file_address` (its lines and functions), keeping
+    /// nothing else.
+    fn parse_for(&self, file_address: u64) {
+        if let Ok(mut frames) = self.context.find_frames(file_address).skip_all_loads() {
+            while let Ok(Some(_)) = frames.next() {}
+        }
     }
 
     fn frames(&self, file_address: u64) -> Vec<RawFrame> {
@@ -208,7 +249,7 @@ fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> Vec<CrateRoot> {
         let text = |name: gimli::DwAt| {
             unit_die
                 .attr_value(name)
-                .and_then(|value| root_die_string(dwarf, value))
+                .and_then(|value| root_die_string(dwarf, &header, value))
         };
         let (Some(name), comp_dir) = (text(gimli::DW_AT_name), text(gimli::DW_AT_comp_dir)) else {
             continue;
@@ -222,10 +263,12 @@ fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> Vec<CrateRoot> {
     roots
 }
 
-/// A string attribute of a unit's root DIE, read without parsing the whole unit: rustc writes
-/// `DW_AT_name` and `DW_AT_comp_dir` inline or in `.debug_str`/`.debug_line_str`.
+/// A string attribute of a unit's root DIE. DWARF 4 strings (inline, `.debug_str`,
+/// `.debug_line_str`) are read without parsing the unit; a DWARF 5 string index needs the unit's
+/// string offsets base, so the unit is parsed for it (and dropped).
 fn root_die_string(
     dwarf: &gimli::Dwarf<Slice>,
+    header: &gimli::UnitHeader<Slice>,
     value: gimli::AttributeValue<Slice>,
 ) -> Option<String> {
     let bytes = match value {
@@ -233,6 +276,10 @@ fn root_die_string(
         gimli::AttributeValue::DebugStrRef(offset) => dwarf.debug_str.get_str(offset).ok()?,
         gimli::AttributeValue::DebugLineStrRef(offset) => {
             dwarf.debug_line_str.get_str(offset).ok()?
+        }
+        gimli::AttributeValue::DebugStrOffsetsIndex(_) => {
+            let unit = dwarf.unit(*header).ok()?;
+            dwarf.attr_string(&unit, value).ok()?
         }
         _ => return None,
     };

@@ -222,8 +222,10 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
     let modules = symbolizer.modules.iter().map(module_info).collect();
     let first = !addresses.is_empty() && !symbolizer.named_before;
     symbolizer.named_before |= first;
-    let held = first.then(|| symbolizer.heap_bytes());
+    let held = symbolizer.heap_bytes();
+    HEAP_BYTES.store(held, Ordering::Relaxed);
     drop(symbolizer);
+    let held = first.then_some(held);
     if let Some(held) = held {
         // What naming costs this binary, once: operators and the README quote it.
         tracing::info!(
@@ -252,10 +254,14 @@ fn module_info(module: &Module) -> ModuleInfo {
     }
 }
 
-/// Heap bytes held by the symbolizer (symbol indexes, names, address cache, parsed DWARF).
+/// Heap bytes held by the symbolizer (symbol indexes, names, address cache, parsed DWARF), as of
+/// the end of the last naming: read without the symbolizer's lock, so that a metrics scrape
+/// never waits out a DWARF load.
 pub(crate) fn heap_bytes() -> usize {
-    lock().heap_bytes()
+    HEAP_BYTES.load(Ordering::Relaxed)
 }
+
+static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Symbolizer {
     fn heap_bytes(&self) -> usize {
@@ -508,8 +514,13 @@ pub(crate) fn executable_has_dwarf() -> Option<bool> {
 /// DWARF line tables, and what to add to `Cargo.toml`. Called by the first symbol-cache warm-up
 /// (the watch's first tick, at start-up) or the first snapshot, whichever comes first.
 pub(crate) fn warn_once_without_dwarf() {
-    static CHECKED: std::sync::Once = std::sync::Once::new();
-    CHECKED.call_once(|| {
+    // Not a `Once`: a panic inside (a tracing layer's, say) would poison it, and every later
+    // snapshot would panic with it.
+    static CHECKED: AtomicBool = AtomicBool::new(false);
+    if CHECKED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    {
         // Inside the profiler already when called from a snapshot: then no new guard.
         let _guard = crate::thread_state::ProfilerGuard::enter();
         if executable_has_dwarf() == Some(false) {
@@ -523,5 +534,5 @@ pub(crate) fn warn_once_without_dwarf() {
                  callers; add `[profile.release] debug = \"line-tables-only\"` to Cargo.toml"
             );
         }
-    });
+    }
 }

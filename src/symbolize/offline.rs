@@ -163,15 +163,20 @@ struct Segment {
 /// segment at the mapping's file offset, or — in a separate debug file, whose segments hold no
 /// file bytes — through its executable segment, which is what a mapping describes.
 fn file_address(segments: &[Segment], mapping: &Mapping, address: u64) -> Option<u64> {
+    // Checked throughout: a profile or a binary may be hostile.
     let delta = address.checked_sub(mapping.memory_start)?;
-    let file_offset = mapping.file_offset + delta;
-    if let Some(segment) = segments
-        .iter()
-        .find(|s| s.size > 0 && (s.offset..s.offset + s.size).contains(&file_offset))
-    {
-        return Some(segment.address + (file_offset - segment.offset));
+    let file_offset = mapping.file_offset.checked_add(delta)?;
+    let holds = |s: &&Segment| {
+        s.size > 0
+            && s.offset <= file_offset
+            && s.offset
+                .checked_add(s.size)
+                .is_some_and(|end| file_offset < end)
+    };
+    if let Some(segment) = segments.iter().find(holds) {
+        return segment.address.checked_add(file_offset - segment.offset);
     }
     // A mapping starts where the executable segment starts.
     let code = segments.iter().find(|s| s.executable)?;
-    Some(code.address + delta)
+    code.address.checked_add(delta)
 }

@@ -42,8 +42,9 @@ pub(crate) fn crate_root(unit_name: &str, comp_dir: &str) -> Option<CrateRoot> {
 /// The display name of a DWARF function name found in `file`: demangled if it is a linkage
 /// name, else qualified by the module path of `file` among `roots`. Generic arguments of the
 /// function itself are dropped (`from_elem<u8>` → `from_elem`), and closures and async bodies
-/// read as in symbol names (`{{closure}}`), so every copy of a function, inlined or not, has
-/// one name.
+/// read as in symbol names (`{{closure}}`), so that inlined copies read like symbols. They do
+/// not always read the same: a method inlined reads `crate::module::method`, its out-of-line
+/// copy (named from the symbol table) `crate::module::Type::method`.
 pub(crate) fn display_name(raw: &str, file: Option<&str>, roots: &[CrateRoot]) -> String {
     if let Some(demangled) = super::elf::demangle_rust(raw) {
         return demangled;
@@ -60,9 +61,15 @@ pub(crate) fn display_name(raw: &str, file: Option<&str>, roots: &[CrateRoot]) -
 }
 
 /// `from_elem<u8>` → `from_elem`; `{closure#0}`, `{async_fn#0}`, `{async_block#3}` →
-/// `{{closure}}`; other names unchanged.
+/// `{{closure}}`, as symbol names spell them; other names (`{shim:vtable#0}`) unchanged.
 fn normalize_bare(raw: &str) -> String {
-    if raw.starts_with('{') && raw.contains('#') {
+    const CLOSURES: &[&str] = &[
+        "{closure#",
+        "{async_fn#",
+        "{async_block#",
+        "{async_closure#",
+    ];
+    if CLOSURES.iter().any(|c| raw.starts_with(c)) {
         return "{{closure}}".to_owned();
     }
     let without_generics = match raw.find('<') {
@@ -83,17 +90,25 @@ pub(crate) fn module_path(file: &str, roots: &[CrateRoot]) -> Option<String> {
                 && file.starts_with(root.dir.as_str())
                 && file.as_bytes()[root.dir.len()] == b'/'
         })
-        .max_by_key(|root| root.dir.len());
+        // The deepest root; in a folder holding both `lib.rs` and `main.rs`, the library,
+        // where a package's modules are usually declared.
+        .max_by_key(|root| (root.dir.len(), root.root_file == "lib.rs"));
     if let Some(root) = best {
         let relative = &file[root.dir.len() + 1..];
         let modules = if relative == root.root_file {
-            Vec::new()
+            Some(Vec::new())
         } else {
             modules_of(relative)
         };
-        return Some(join(&root.crate_name, &modules));
+        // A file reached by `..` from a root (std's copy of `backtrace`) is another crate's.
+        if let Some(modules) = modules {
+            return Some(join(&root.crate_name, &modules));
+        }
     }
     // `/rustc/<hash>/library/alloc/src/vec/mod.rs` and the like, or any `<crate>/src/<path>`.
+    if !file.ends_with(".rs") {
+        return None;
+    }
     let (before, after) = file.rsplit_once("/src/")?;
     let package = before.rsplit('/').next()?;
     let crate_name = package_crate(package);
@@ -102,19 +117,31 @@ pub(crate) fn module_path(file: &str, roots: &[CrateRoot]) -> Option<String> {
     }
     let modules = match after {
         "lib.rs" | "main.rs" => Vec::new(),
-        _ => modules_of(after),
+        _ => modules_of(after)?,
     };
+    if !is_identifier(&crate_name) {
+        return None;
+    }
     Some(join(&crate_name, &modules))
 }
 
-/// `vec/mod.rs` → `[vec]`, `handler/service.rs` → `[handler, service]`.
-fn modules_of(relative: &str) -> Vec<&str> {
-    let relative = relative.strip_suffix(".rs").unwrap_or(relative);
+/// `vec/mod.rs` → `[vec]`, `handler/service.rs` → `[handler, service]`; `None` when a part is
+/// no Rust identifier (`..`, a build script's `out/`, a generated `foo-1.2.rs`), which is then
+/// no module path.
+fn modules_of(relative: &str) -> Option<Vec<&str>> {
+    let relative = relative.strip_suffix(".rs")?;
     let mut parts: Vec<&str> = relative.split('/').filter(|p| !p.is_empty()).collect();
     if parts.last() == Some(&"mod") {
         parts.pop();
     }
-    parts
+    parts.iter().all(|p| is_identifier(p)).then_some(parts)
+}
+
+fn is_identifier(part: &str) -> bool {
+    part.chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && part.chars().all(|c| c.is_alphanumeric() || c == '_')
 }
 
 /// A package folder's crate name: `axum-0.8.4` → `axum`, `tokio-util-0.7.1` → `tokio_util`.
@@ -211,6 +238,37 @@ mod tests {
             "tokio_util::poll"
         );
         assert_eq!(display_name("poll", None, &roots), "poll");
+        // Paths that are no module path are left bare rather than made up.
+        let mut with_std = roots.clone();
+        with_std.push(crate_root("library/std/src/lib.rs/@/std.1-cgu.0", "/rustc/abc").unwrap());
+        assert_eq!(
+            display_name(
+                "fmt",
+                Some("/rustc/abc/library/std/src/../../backtrace/src/print.rs"),
+                &with_std
+            ),
+            "backtrace::print::fmt",
+            "a file reached by `..` from std's root is another crate's"
+        );
+        assert_eq!(
+            display_name("fmt", Some("/rustc/abc/library/std/src/../x.rs"), &with_std),
+            "fmt"
+        );
+        assert_eq!(
+            name("ZSTD_compress", "/root/.cargo/registry/src/i/zstd-sys-2.0.9+zstd.1.5.5/zstd/lib/compress/zstd_compress.c"),
+            "ZSTD_compress"
+        );
+        assert_eq!(
+            name(
+                "generated",
+                "/usr/src/app/target/release/build/x-1a2b/out/gen.rs"
+            ),
+            "generated"
+        );
+        assert_eq!(
+            name("{shim:vtable#0}", "/srv/orders/src/main.rs"),
+            "orders_svc::{shim:vtable#0}"
+        );
         assert_eq!(
             name("__rust_alloc", "/srv/orders/src/main.rs"),
             "__rust_alloc",
