@@ -113,6 +113,8 @@ fn snapshot_of(scope: table::Scope) -> Profile {
             ],
         });
     }
+    #[cfg(feature = "dwarf")]
+    symbolize::closures_after_callers(&mut profile);
     plumbing::trim_leaves(&mut profile);
     profile
 }

@@ -23,40 +23,6 @@ impl Drop for Running {
     }
 }
 
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package {package} (bash .ci/run does)"
-    );
-}
-
-/// A plain HTTP GET; returns (status, body).
-fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, raw[split + 4..].to_vec())
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -72,7 +38,7 @@ fn main() {
         ("prometheus", "prometheus"),
         ("chromium", "chromium"),
     ] {
-        require(tool, package);
+        common::require_tool(tool, package);
     }
     let scratch = std::env::temp_dir().join(format!("heapwatch-http-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -132,13 +98,13 @@ fn pprof_over_http(addr: &str, scratch: &Path) {
         "top row {top:?} in:\n{text}"
     );
     // /debug/pprof/allocs is the same profile with alloc_space shown first, as Go serves it.
-    let (status, body) = get(addr, "/debug/pprof/allocs");
+    let (status, body) = common::http_get(addr, "/debug/pprof/allocs");
     assert_eq!(status, 200);
     assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip");
 }
 
 fn promtool_accepts_metrics(addr: &str, scratch: &Path) {
-    let (status, body) = get(addr, "/metrics");
+    let (status, body) = common::http_get(addr, "/metrics");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).expect("UTF-8 metrics");
     for name in [

@@ -21,6 +21,8 @@ mod debug_file;
 mod dwarf;
 #[cfg(feature = "dwarf")]
 mod qualify;
+#[cfg(feature = "dwarf")]
+pub(crate) use qualify::closures_after_callers;
 
 use crate::internal_alloc::ProfilerAlloc;
 use allocator_api2::vec::Vec as PVec;

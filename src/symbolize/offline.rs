@@ -146,6 +146,8 @@ pub fn symbolize_with_binary(
             named += 1;
         }
     }
+    #[cfg(feature = "dwarf")]
+    super::qualify::closures_after_callers(profile);
     // Frames unnamed when the profile was taken could not be told from heapwatch's own.
     crate::plumbing::trim_leaves(profile);
     Ok(named)

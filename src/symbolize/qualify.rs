@@ -162,6 +162,54 @@ fn join(crate_name: &str, modules: &[&str]) -> String {
     path
 }
 
+/// With line tables only, a closure or async body reads `crate::module::{{closure}}`: its DWARF
+/// name is bare and the function it belongs to is not recorded. But a closure is nearly always
+/// run from its own function, through std's adapters (`iter().map(…).collect()`): so, going out
+/// from the closure, the first frame outside the standard library whose code is in the same
+/// source file is taken as its parent, and the closure is named after it
+/// (`orders::hold_sessions::{{closure}}`). No such frame (an async body polled by a framework):
+/// the name stays. Names from symbols or linkage names (a `system_name`) are left alone.
+pub(crate) fn closures_after_callers(profile: &mut crate::Profile) {
+    let is_unparented = |line: &crate::Line| {
+        line.system_name.is_empty() && line.function.ends_with("::{{closure}}")
+    };
+    let mut done = std::collections::HashSet::new();
+    for sample in 0..profile.samples.len() {
+        // (location, line) pairs of the stack, outermost first, so parents are named first.
+        let frames: Vec<(usize, usize)> = profile.samples[sample]
+            .locations
+            .iter()
+            .rev()
+            .flat_map(|&l| {
+                let count = profile.locations.get(l).map_or(0, |loc| loc.lines.len());
+                (0..count).rev().map(move |k| (l, k))
+            })
+            .collect();
+        for (at, &(l, k)) in frames.iter().enumerate() {
+            let line = &profile.locations[l].lines[k];
+            if !is_unparented(line) || !done.insert((l, k)) {
+                continue;
+            }
+            let Some(file) = line.file.clone() else {
+                continue;
+            };
+            let parent = frames[..at].iter().rev().find_map(|&(pl, pk)| {
+                let candidate = &profile.locations[pl].lines[pk];
+                if crate::plumbing::is_std_function(&candidate.function) {
+                    return None;
+                }
+                Some(
+                    (candidate.file.as_deref() == Some(file.as_str()))
+                        .then(|| candidate.function.clone()),
+                )
+            });
+            if let Some(Some(parent)) = parent {
+                profile.locations[l].lines[k].function = format!("{parent}::{{{{closure}}}}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +322,64 @@ mod tests {
             "__rust_alloc",
             "the allocator shim rustc puts in the crate that declares #[global_allocator]"
         );
+    }
+
+    #[test]
+    fn closures_are_named_after_the_function_that_runs_them() {
+        use crate::profile::{Line, Location, Profile, Sample};
+        let line = |function: &str, file: &str, system_name: &str| Line {
+            function: function.into(),
+            system_name: system_name.into(),
+            file: Some(file.into()),
+            line: 1,
+        };
+        let mut profile = Profile {
+            samples: vec![Sample {
+                locations: vec![0, 1],
+                values: [1, 1, 1, 1],
+            }],
+            locations: vec![
+                Location {
+                    address: 1,
+                    mapping: None,
+                    lines: vec![
+                        line("svc::{{closure}}", "/s/src/main.rs", ""),
+                        line("core::iter::adapters::map::{{closure}}", "/r/map.rs", ""),
+                        line("alloc::vec::from_iter", "/r/vec.rs", ""),
+                    ],
+                },
+                Location {
+                    address: 2,
+                    mapping: None,
+                    lines: vec![line(
+                        "svc::hold_sessions",
+                        "/s/src/main.rs",
+                        "_ZN3svc13hold",
+                    )],
+                },
+            ],
+            ..Profile::default()
+        };
+        closures_after_callers(&mut profile);
+        let names: Vec<&str> = profile.locations[0]
+            .lines
+            .iter()
+            .map(|l| l.function.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "svc::hold_sessions::{{closure}}",
+                "core::iter::adapters::map::{{closure}}",
+                "alloc::vec::from_iter"
+            ],
+            "std's own closures keep their names; the program's is named after its caller"
+        );
+        // Run by another file's code (a framework polling an async body): left as it is.
+        profile.locations[1].lines[0].file = Some("/axum/src/handler.rs".into());
+        profile.locations[0].lines[0].function = "svc::{{closure}}".into();
+        closures_after_callers(&mut profile);
+        assert_eq!(profile.locations[0].lines[0].function, "svc::{{closure}}");
     }
 
     #[test]
