@@ -53,6 +53,11 @@ pub(crate) struct Loaded {
     // Field order is drop order: `context` borrows from `inflated` and `map`, so it goes first.
     context: addr2line::Context<Slice>,
     roots: Vec<CrateRoot>,
+    /// Code of the precompiled standard library: named from the symbol table only. Its units
+    /// are the largest (all of std's functions, inlined trees and all, in a few units: 35 MiB to
+    /// parse for one `str::repeat` in an axum service), and what std inlines into std is
+    /// machinery heapwatch cuts anyway.
+    std_ranges: Vec<(u64, u64)>,
     _inflated: Vec<Box<[u8]>>,
     _map: Mmap,
     /// Heap (bytes, blocks) this holds through the global allocator, as measured; held out of
@@ -137,6 +142,11 @@ impl Loaded {
             return None;
         }
         let found = debug_file::find(&module.path, &module.build_id)?;
+        if !module.is_program && found.path.as_path() != std::path::Path::new(&module.path) {
+            // A library's separate debug file (a distribution's libc6-dbg, say) lends its symbol
+            // table, not its DWARF: inflating libc's would take 31 MiB to name a thread start.
+            return None;
+        }
         tracing::debug!(object = %module.path, dwarf = %found.path.display(), "heapwatch: DWARF found");
         let map = found.map;
         let mut inflated: Vec<Box<[u8]>> = Vec::new();
@@ -180,11 +190,13 @@ impl Loaded {
         // Units share abbreviation tables (1,610 units, 361 tables in an axum service): parse
         // each shared table once instead of once per unit.
         dwarf.populate_abbreviations_cache(gimli::AbbreviationsCacheStrategy::Duplicates);
-        let roots = crate_roots(&dwarf);
+        let (roots, std_units) = crate_roots(&dwarf);
+        let std_ranges = unit_ranges(&dwarf, &std_units);
         let context = addr2line::Context::from_dwarf(dwarf).ok()?;
         Some(Loaded {
             context,
             roots,
+            std_ranges,
             _inflated: inflated,
             _map: map,
             held: (0, 0),
@@ -199,7 +211,16 @@ impl Loaded {
 
     /// Has the reader parse the unit holding `file_address` (its lines and functions), keeping
     /// nothing else.
+    /// Whether `file_address` is code of the precompiled standard library.
+    fn in_std(&self, file_address: u64) -> bool {
+        let after = self.std_ranges.partition_point(|r| r.0 <= file_address);
+        after > 0 && file_address < self.std_ranges[after - 1].1
+    }
+
     fn parse_for(&self, file_address: u64) {
+        if self.in_std(file_address) {
+            return;
+        }
         if let Ok(mut frames) = self.context.find_frames(file_address).skip_all_loads() {
             while let Ok(Some(_)) = frames.next() {}
         }
@@ -207,6 +228,9 @@ impl Loaded {
 
     fn frames(&self, file_address: u64) -> Vec<RawFrame> {
         let mut out = Vec::new();
+        if self.in_std(file_address) {
+            return out;
+        }
         let Ok(mut frames) = self.context.find_frames(file_address).skip_all_loads() else {
             return out;
         };
@@ -235,8 +259,11 @@ impl Loaded {
 }
 
 /// The crate roots named by the binary's rustc compilation units, one per crate.
-fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> Vec<CrateRoot> {
+/// The crate roots named by the binary's rustc compilation units, one per crate; and the
+/// offsets of the units of the precompiled standard library.
+fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> (Vec<CrateRoot>, Vec<gimli::DebugInfoOffset>) {
     let mut roots: Vec<CrateRoot> = Vec::new();
+    let mut std_units = Vec::new();
     let mut headers = dwarf.units();
     while let Ok(Some(header)) = headers.next() {
         let Ok(abbreviations) = dwarf.abbreviations(&header) else {
@@ -254,13 +281,50 @@ fn crate_roots(dwarf: &gimli::Dwarf<Slice>) -> Vec<CrateRoot> {
         let (Some(name), comp_dir) = (text(gimli::DW_AT_name), text(gimli::DW_AT_comp_dir)) else {
             continue;
         };
-        if let Some(root) = qualify::crate_root(&name, comp_dir.as_deref().unwrap_or("")) {
+        let comp_dir = comp_dir.unwrap_or_default();
+        if is_precompiled_std(&comp_dir) {
+            if let Some(offset) = header.debug_info_offset() {
+                std_units.push(offset);
+            }
+        }
+        if let Some(root) = qualify::crate_root(&name, &comp_dir) {
             if !roots.contains(&root) {
                 roots.push(root);
             }
         }
     }
-    roots
+    std_units.sort_unstable_by_key(|o| o.0);
+    (roots, std_units)
+}
+
+/// Units of the standard library as rustup ships it precompiled: built in `/rustc/<hash>` (std,
+/// core, alloc…) or `/rust/deps/<crate>` (the crates std is built with).
+fn is_precompiled_std(comp_dir: &str) -> bool {
+    comp_dir.starts_with("/rustc/") || comp_dir.starts_with("/rust/deps/")
+}
+
+/// The address ranges of the given units, from `.debug_aranges`, sorted by start.
+fn unit_ranges(dwarf: &gimli::Dwarf<Slice>, units: &[gimli::DebugInfoOffset]) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut headers = dwarf.debug_aranges.headers();
+    while let Ok(Some(header)) = headers.next() {
+        if units
+            .binary_search_by_key(&header.debug_info_offset().0, |o| o.0)
+            .is_err()
+        {
+            continue;
+        }
+        let mut entries = header.entries();
+        while let Ok(Some(entry)) = entries.next() {
+            let range = entry.range();
+            if range.end > range.begin {
+                ranges.push((range.begin, range.end));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    ranges.shrink_to_fit();
+    ranges
 }
 
 /// A string attribute of a unit's root DIE. DWARF 4 strings (inline, `.debug_str`,

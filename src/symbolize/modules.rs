@@ -29,6 +29,8 @@ pub(crate) struct Module {
     pub segments: Vec<Segment>,
     /// The GNU build id, if the object carries one.
     pub build_id: Vec<u8>,
+    /// Whether this is the program itself (the first object the loader lists), not a library.
+    pub is_program: bool,
 }
 
 impl Module {
@@ -62,6 +64,7 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
         .map(|path| path.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(main) = modules.first_mut() {
+        main.is_program = true;
         if main.path.is_empty() {
             // The loader names the main program "" ; pprof and the symbolizer need its file.
             main.path = executable;
@@ -100,6 +103,7 @@ unsafe extern "C" fn collect(
         bias,
         segments: Vec::new(),
         build_id: Vec::new(),
+        is_program: false,
     };
     for header in headers {
         match header.p_type {

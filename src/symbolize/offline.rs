@@ -68,6 +68,7 @@ pub fn symbolize_with_binary(
         bias: 0,
         segments: Vec::new(),
         build_id: build_id_bytes.clone(),
+        is_program: true,
     };
     let symbols = super::load_symbols(&module);
     #[cfg(feature = "dwarf")]
