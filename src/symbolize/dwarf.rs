@@ -54,9 +54,8 @@ pub(crate) struct Loaded {
     context: addr2line::Context<Slice>,
     roots: Vec<CrateRoot>,
     /// Code of the precompiled standard library: named from the symbol table only. Its units
-    /// are the largest (all of std's functions, inlined trees and all, in a few units: 35 MiB to
-    /// parse for one `str::repeat` in an axum service), and what std inlines into std is
-    /// machinery heapwatch cuts anyway.
+    /// are among the largest to parse (all of std's functions, inlined trees and all, in a few
+    /// units), and what std inlines into std is machinery heapwatch cuts anyway.
     std_ranges: Vec<(u64, u64)>,
     _inflated: Vec<Box<[u8]>>,
     _map: Mmap,
