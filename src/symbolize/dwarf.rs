@@ -348,3 +348,76 @@ fn root_die_string(
     };
     Some(bytes.to_string_lossy().into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSection};
+
+    /// A copy of this test binary whose DWARF sections are overwritten with noise: an ELF file
+    /// that parses, holding hostile debug info.
+    fn corrupted_copy(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let mut bytes = std::fs::read(&exe).unwrap();
+        let ranges: Vec<(usize, usize)> = {
+            let file = object::File::parse(&*bytes).unwrap();
+            [
+                ".debug_info",
+                ".debug_line",
+                ".debug_abbrev",
+                ".debug_ranges",
+                ".debug_str",
+            ]
+            .iter()
+            .filter_map(|name| file.section_by_name(name)?.file_range())
+            .map(|(start, size)| (start as usize, size as usize))
+            .collect()
+        };
+        assert!(!ranges.is_empty(), "the test binary carries DWARF");
+        let mut state = seed | 1;
+        for (start, size) in ranges {
+            // 64 bytes spread over the section: unit headers mostly survive (the reader parses
+            // them all up front, and refuses the whole file if one is broken), the entries they
+            // lead to, parsed on lookup, do not.
+            for at in (start + (seed as usize) * 31..start + size).step_by((size / 64).max(1)) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes[at] = state as u8;
+            }
+        }
+        let path = dir.join(format!("corrupted-{seed}"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn hostile_dwarf_names_nothing_wrong_and_never_panics() {
+        let dir = std::env::temp_dir().join(format!("heapwatch-dwarf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut loaded = 0;
+        for seed in 1..=4 {
+            let path = corrupted_copy(&dir, seed);
+            let module = Module {
+                path: path.to_str().unwrap().to_owned(),
+                bias: 0,
+                segments: Vec::new(),
+                build_id: Vec::new(),
+                is_program: true,
+            };
+            let mut source = DwarfSource::NotLoaded;
+            // Addresses across the code; each lookup must return, whatever it finds.
+            for address in (0x1000u64..0x40_0000).step_by(0x1357) {
+                for frame in source.frames(&module, address) {
+                    assert!(frame.name.len() < 1 << 20);
+                }
+            }
+            loaded += matches!(source, DwarfSource::Loaded(_)) as usize;
+        }
+        assert!(
+            loaded > 0,
+            "no corrupted copy loaded: the parser was never exercised"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
