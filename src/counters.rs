@@ -158,6 +158,7 @@ static HELD_BY_PROFILER: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)]
 
 /// Adds `bytes` and `objects` (negative: gives back) to what heapwatch holds through the global
 /// allocator.
+#[cfg_attr(not(feature = "dwarf"), allow(dead_code))] // only the DWARF reader holds heap
 pub(crate) fn hold_for_profiler(bytes: i64, objects: i64) {
     HELD_BY_PROFILER[0].fetch_add(bytes, Ordering::Relaxed);
     HELD_BY_PROFILER[1].fetch_add(objects, Ordering::Relaxed);

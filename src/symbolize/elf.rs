@@ -38,6 +38,12 @@ impl ElfSymbols {
         // truncated in place (installers replace them by rename), the risk every symbolizer
         // that maps binaries accepts.
         let map = unsafe { Mmap::map(&file) }.ok()?;
+        Self::from_map(map)
+    }
+
+    /// Indexes the function symbols of an ELF file already mapped (a debug file found and
+    /// checked by `debug_file`, used as it was checked rather than opened again by name).
+    pub(crate) fn from_map(map: Mmap) -> Option<Self> {
         let elf = object::File::parse(&*map).ok()?;
         let base = map.as_ptr() as usize;
         let mut symbols = PVec::new_in(ProfilerAlloc);

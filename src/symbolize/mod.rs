@@ -491,7 +491,7 @@ fn load_symbols(module: &Module) -> Option<ElfSymbols> {
     }
     #[cfg(feature = "dwarf")]
     if let Some(debug) = debug_file::find(&module.path, &module.build_id) {
-        let from_debug = debug.path.to_str().and_then(ElfSymbols::load);
+        let from_debug = ElfSymbols::from_map(debug.map);
         if from_debug.as_ref().is_some_and(ElfSymbols::is_complete) {
             return from_debug;
         }
