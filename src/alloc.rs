@@ -121,6 +121,9 @@ fn sample(ptr: *mut u8, size: usize, rate_bytes: u64) {
     let Some(_guard) = thread_state::ProfilerGuard::enter() else {
         return;
     };
+    // Before the table's lock, and after the inner allocator served this block (so that a
+    // jemalloc inner allocator registered its own fork handlers first).
+    crate::fork::ensure_handlers();
     let mut frames = [0usize; stack::MAX_FRAMES];
     let depth = stack::capture(&mut frames);
     table::insert(ptr as usize, size as u64, rate_bytes, &frames[..depth]);

@@ -121,6 +121,13 @@ pub fn assert_no_leak(iterations: usize, f: impl FnMut()) {
 /// Checks in progress, and the sample rate to restore when the last one ends.
 static FINE_SAMPLING: Mutex<(usize, u64)> = Mutex::new((0, 0));
 
+/// The checks' lock, held across a fork (see `fork`).
+pub(crate) struct ForkLock(#[allow(dead_code)] std::sync::MutexGuard<'static, (usize, u64)>);
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock(FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
 /// Holds the sample rate at [`CHECK_SAMPLE_RATE`] (or finer) while any check runs: checks in tests that
 /// run in parallel overlap, and the first to finish must not restore the coarse rate under the
 /// others. Restored on drop, so also when the closure panics.
@@ -128,6 +135,7 @@ struct FineSampling;
 
 impl FineSampling {
     fn begin() -> Self {
+        crate::fork::ensure_handlers();
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
         let first = active.0 == 0;
         active.0 += 1;

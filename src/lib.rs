@@ -63,6 +63,7 @@ pub mod detect;
 mod early_wake;
 pub mod encode;
 mod filter;
+mod fork;
 #[cfg(feature = "http")]
 pub mod http;
 mod internal_alloc;

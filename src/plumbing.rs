@@ -198,12 +198,14 @@ static PLUMBING: RwLock<Option<Plumbing>> = RwLock::new(None);
 /// # heapwatch::set_plumbing(heapwatch::Plumbing::default());
 /// ```
 pub fn set_plumbing(plumbing: Plumbing) {
+    crate::fork::ensure_handlers();
     *PLUMBING.write().unwrap_or_else(PoisonError::into_inner) = Some(plumbing);
 }
 
 /// The libraries skipped when heapwatch names a culprit: what [`set_plumbing`] set, else the
 /// default plus `HEAPWATCH_PLUMBING`.
 pub fn plumbing() -> Plumbing {
+    crate::fork::ensure_handlers();
     if let Some(set) = PLUMBING
         .read()
         .unwrap_or_else(PoisonError::into_inner)
@@ -222,6 +224,15 @@ pub fn plumbing() -> Plumbing {
         .unwrap_or_else(PoisonError::into_inner)
         .get_or_insert(configured)
         .clone()
+}
+
+/// The plumbing list's lock, held across a fork (see `fork`).
+pub(crate) struct ForkLock(
+    #[allow(dead_code)] std::sync::RwLockWriteGuard<'static, Option<Plumbing>>,
+);
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock(PLUMBING.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 #[cfg(test)]

@@ -285,6 +285,9 @@ fn lookup_stack_top() -> usize {
     0
 }
 
+/// In a forked child: the forking thread's cached bound is still its own stack's.
+pub(crate) fn after_fork_in_child() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,9 +70,17 @@ static TABLE: Mutex<Table> = Mutex::new(Table {
 });
 
 fn lock() -> MutexGuard<'static, Table> {
+    crate::fork::ensure_handlers();
     // Nothing under this lock panics; if something ever did, the table is still consistent
     // enough to read, and an allocator must not propagate a panic.
     TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The table's lock, held across a fork (see `fork`).
+pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, Table>);
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock(lock())
 }
 
 /// Records a sampled allocation at `addr` of `size` bytes drawn at `rate_bytes`, whose stack

@@ -21,7 +21,7 @@ pub use stats::{mann_kendall, MannKendall};
 pub use suspects::{Suspect, SuspectTracker, BASELINE_STACKS, SITES_PER_SNAPSHOT, SNAPSHOTS_KEPT};
 pub use verdict::{classify, DetectorConfig, Verdict, VerdictKind};
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The detector: the series, and verdicts that stick. A `leak` is only declared once its
 /// evidence has held for [`DetectorConfig::confirm`]; other verdicts apply at once.
@@ -168,6 +168,27 @@ pub(crate) fn process_rss() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// The detector's published state, locked across a fork (see `fork`).
+pub(crate) struct ForkLock {
+    baseline: MutexGuard<'static, Option<Vec<String>>>,
+    latest: MutexGuard<'static, Option<DetectorReport>>,
+}
+
+impl ForkLock {
+    /// In a forked child: the reports were the parent's watch's, which the child does not run.
+    pub(crate) fn forget_reports(&mut self) {
+        *self.baseline = None;
+        *self.latest = None;
+    }
+}
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        baseline: BASELINE.lock().unwrap_or_else(PoisonError::into_inner),
+        latest: LATEST.lock().unwrap_or_else(PoisonError::into_inner),
+    }
 }
 
 #[cfg(test)]

@@ -177,7 +177,15 @@ pub fn set_source_lines(enabled: bool) {
 }
 
 fn lock() -> MutexGuard<'static, Symbolizer> {
+    crate::fork::ensure_handlers();
     SYMBOLIZER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The symbolizer's lock, held across a fork (see `fork`).
+pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, Symbolizer>);
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock(lock())
 }
 
 /// A symbolized frame handed to the snapshot builder.

@@ -192,8 +192,12 @@ impl WatchBuilder {
         let config = self.resolved();
         if !config.enabled {
             tracing::info!("heapwatch: HEAPWATCH=off, not watching");
-            return Ok(WatchHandle { thread: None });
+            return Ok(WatchHandle {
+                thread: None,
+                pid: std::process::id(),
+            });
         }
+        crate::fork::ensure_handlers();
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(WatchError::AlreadyRunning);
         }
@@ -217,6 +221,7 @@ impl WatchBuilder {
         match spawned {
             Ok(join) => Ok(WatchHandle {
                 thread: Some((join, stop)),
+                pid: std::process::id(),
             }),
             Err(e) => {
                 publish_dump_dir(None);
@@ -242,6 +247,9 @@ pub enum WatchError {
 #[derive(Debug)]
 pub struct WatchHandle {
     thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+    /// The process that started the thread: a forked child inherits the handle but not the
+    /// thread, and must neither join nor stop it.
+    pid: u32,
 }
 
 impl WatchHandle {
@@ -251,14 +259,24 @@ impl WatchHandle {
         wake::wake();
     }
 
-    /// Whether a watch thread is running behind this handle (`false` with `HEAPWATCH=off`).
+    /// Whether a watch thread is running behind this handle (`false` with `HEAPWATCH=off`, and
+    /// in a forked child, which inherits the handle but not the thread).
     pub fn is_running(&self) -> bool {
-        self.thread.is_some()
+        self.thread.is_some() && self.pid == std::process::id()
     }
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // A forked child's copy: the thread is the parent's. Joining it would wait on a
+            // thread that does not exist here, and the running state is the child's own
+            // (reset at the fork, perhaps a watch the child started since).
+            if let Some((join, _stop)) = self.thread.take() {
+                std::mem::forget(join);
+            }
+            return;
+        }
         if let Some((join, stop)) = self.thread.take() {
             stop.store(true, Ordering::Release);
             wake::wake();
@@ -326,6 +344,35 @@ pub fn running_dump_dir() -> Option<PathBuf> {
 /// [`DEFAULT_DIR`]).
 pub fn dump_dir() -> PathBuf {
     running_dump_dir().unwrap_or_else(|| Watch::builder().resolved().dir)
+}
+
+/// The watch's published state, locked across a fork (see `fork`).
+pub(crate) struct ForkLock {
+    running_dir: std::sync::MutexGuard<'static, Option<PathBuf>>,
+    last: std::sync::MutexGuard<'static, Option<WatchReading>>,
+}
+
+impl ForkLock {
+    /// In a forked child: what the parent's watch published is not the child's.
+    pub(crate) fn forget_running_watch(&mut self) {
+        *self.running_dir = None;
+        *self.last = None;
+    }
+}
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock {
+        running_dir: RUNNING_DIR.lock().unwrap_or_else(PoisonError::into_inner),
+        last: LAST.lock().unwrap_or_else(PoisonError::into_inner),
+    }
+}
+
+/// In a forked child: no watch thread runs there, whatever the parent ran, so one may start.
+/// Only atomics: called whether or not the fork handler could take the locks.
+pub(crate) fn forget_running_thread() {
+    RUNNING.store(false, Ordering::Release);
+    REQUEST.store(0, Ordering::Release);
+    wake::disarm();
 }
 
 fn publish_dump_dir(dir: Option<PathBuf>) {
