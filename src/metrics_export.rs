@@ -3,7 +3,7 @@
 //! `/metrics`. Names and units follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every verdict name, so that each has a 0/1 series (`heapwatch_verdict{verdict="…"}`).
 const VERDICTS: [crate::detect::VerdictKind; 6] = [
@@ -122,8 +122,13 @@ pub fn describe() {
 /// heapwatch::metrics_export::update(); // a no-op without a recorder
 /// ```
 pub fn update() {
-    static DESCRIBED: Once = Once::new();
-    DESCRIBED.call_once(describe);
+    // Not a `Once`: a `fork` while another thread ran `describe` would leave the child's
+    // `Once` running forever, and the child's first update would wait on it. Describing twice
+    // is harmless.
+    static DESCRIBED: AtomicBool = AtomicBool::new(false);
+    if !DESCRIBED.swap(true, Ordering::Relaxed) {
+        describe();
+    }
     update_undescribed();
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Forks per capture mode (half from the main thread, half from a spawned one).
 const FORKS_PER_MODE: usize = 240;
 /// A healthy child exits in milliseconds; one that has not after this is deadlocked.
-const CHILD_DEADLINE: Duration = Duration::from_secs(10);
+const CHILD_DEADLINE: Duration = Duration::from_secs(20);
 /// Stop a mode early once this many children hung: the verdict is already "fail".
 const ENOUGH_HUNG: usize = 3;
 
