@@ -203,12 +203,14 @@ fn report() -> Vec<u8> {
     serde_json::to_vec_pretty(&value).unwrap_or_default()
 }
 
-/// Every file of every complete dump set, by name.
+/// Every file of every complete dump set, by name: only files that would be served (regular,
+/// this process's user's, one link — see [`read_served_file`](crate::watch::read_served_file)),
+/// so a symlink or hard link planted under a set's name is neither listed nor served.
 fn dump_files(dir: &Path) -> Vec<(String, &'static str)> {
     let mut files = Vec::new();
     for set in list_sets(dir) {
         let mut add = |path: std::path::PathBuf, kind: &'static str| {
-            if path.exists() {
+            if crate::watch::is_served(&path) {
                 if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
                     files.push((name.to_owned(), kind));
                 }
@@ -243,13 +245,15 @@ fn dump_listing(dir: &Path) -> Vec<u8> {
     serde_json::to_vec_pretty(&serde_json::json!({ "dump_sets": sets })).unwrap_or_default()
 }
 
-/// Serves a dump file only if `name` is exactly one of the listed names: nothing from the
-/// request is ever joined to a path.
+/// Serves a dump file only if `name` is exactly one of the listed names (nothing from the
+/// request is ever joined to a path), and only if it is still a regular file of this process's
+/// user with one link when opened (no symlink followed: see
+/// [`read_served_file`](crate::watch::read_served_file)); anything else is 404.
 fn dump_file(dir: &Path, name: &str) -> Response {
     let Some((listed, content_type)) = dump_files(dir).into_iter().find(|(n, _)| n == name) else {
         return Response::error(404);
     };
-    match std::fs::read(dir.join(&listed)) {
+    match crate::watch::read_served_file(&dir.join(&listed)) {
         Ok(body) => {
             let mut response = Response::new(200, content_type, body);
             response.disposition = Some(format!("attachment; filename=\"{listed}\""));

@@ -15,6 +15,10 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 pub const DEFAULT_KEEP: usize = 5;
 /// Default horizon of the time-to-limit trigger.
 pub const DEFAULT_HORIZON: Duration = Duration::from_secs(60);
+/// Default permission bits of dump files: owner only, since a heap profile names the service's
+/// code and a summary its memory figures. A directory heapwatch creates gets the same bits plus
+/// search (`x`) wherever read is granted (0600 → 0700).
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
 
 /// Everything the watch thread runs with, after the environment has had its say.
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct WatchConfig {
     pub sample_rate: Option<u64>,
     /// Dump sets kept in the directory; older ones are removed.
     pub keep: usize,
+    /// Permission bits of the dump files (within `0o666`, always including `0o600`); see
+    /// [`DEFAULT_FILE_MODE`]. The process's umask can still narrow them.
+    pub file_mode: u32,
     /// Dump when the trend predicts the limit within this time.
     pub horizon: Duration,
     /// How far back the trend looks.
@@ -67,6 +74,7 @@ impl Default for WatchConfig {
             tick: DEFAULT_TICK,
             sample_rate: None,
             keep: DEFAULT_KEEP,
+            file_mode: DEFAULT_FILE_MODE,
             horizon: DEFAULT_HORIZON,
             trend_window: Duration::from_secs(30),
             min_interval: Duration::from_secs(5),
@@ -143,6 +151,9 @@ impl WatchConfig {
         take("HEAPWATCH_HORIZON", &mut |v| {
             parse_duration(v).map(|d| self.horizon = d).is_some()
         });
+        take("HEAPWATCH_FILE_MODE", &mut |v| {
+            parse_file_mode(v).map(|m| self.file_mode = m).is_some()
+        });
         malformed
     }
 }
@@ -178,6 +189,25 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     };
     let bytes = number * multiplier;
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes.round() as u64)
+}
+
+/// Parses the permission bits of dump files, in octal (`0600`, `640`, `0o640`). Accepted: read
+/// and write bits only (no execute, setuid or sticky bits), and always the owner's read and write,
+/// which the watch needs to read its own sets back.
+///
+/// ```
+/// assert_eq!(heapwatch::watch::parse_file_mode("0640"), Some(0o640));
+/// assert_eq!(heapwatch::watch::parse_file_mode("0755"), None);
+/// assert_eq!(heapwatch::watch::parse_file_mode("0400"), None);
+/// ```
+pub fn parse_file_mode(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    let mode = u32::from_str_radix(digits, 8).ok()?;
+    (mode & !0o666 == 0 && mode & 0o600 == 0o600).then_some(mode)
 }
 
 /// Parses a duration such as `1s`, `500ms`, `2m`, `1h 30m` (humantime's syntax).
@@ -235,6 +265,7 @@ mod tests {
             ("HEAPWATCH_SAMPLE_RATE", "65536"),
             ("HEAPWATCH_KEEP", "3"),
             ("HEAPWATCH_HORIZON", "2m"),
+            ("HEAPWATCH_FILE_MODE", "0640"),
         ]);
         assert!(malformed.is_empty());
         assert!(config.enabled);
@@ -245,6 +276,7 @@ mod tests {
         assert_eq!(config.sample_rate, Some(65536));
         assert_eq!(config.keep, 3);
         assert_eq!(config.horizon, Duration::from_secs(120));
+        assert_eq!(config.file_mode, 0o640);
     }
 
     #[test]
@@ -257,6 +289,7 @@ mod tests {
             ("HEAPWATCH_SAMPLE_RATE", "-1"),
             ("HEAPWATCH_KEEP", "0"),
             ("HEAPWATCH_DIR", ""),
+            ("HEAPWATCH_FILE_MODE", "0777"),
         ]);
         assert_eq!(
             malformed,
@@ -267,7 +300,8 @@ mod tests {
                 "HEAPWATCH_THRESHOLDS",
                 "HEAPWATCH_TICK",
                 "HEAPWATCH_SAMPLE_RATE",
-                "HEAPWATCH_KEEP"
+                "HEAPWATCH_KEEP",
+                "HEAPWATCH_FILE_MODE"
             ]
         );
         let defaults = WatchConfig::default();
@@ -282,6 +316,17 @@ mod tests {
         );
         assert_eq!(config.sample_rate, None);
         assert_eq!(config.keep, defaults.keep);
+        assert_eq!(config.file_mode, DEFAULT_FILE_MODE);
+    }
+
+    #[test]
+    fn file_modes() {
+        assert_eq!(parse_file_mode("600"), Some(0o600));
+        assert_eq!(parse_file_mode("0o644"), Some(0o644));
+        assert_eq!(parse_file_mode(" 0660 "), Some(0o660));
+        for bad in ["", "0o", "rw", "0700", "4600", "0200", "0066", "06000", "9"] {
+            assert_eq!(parse_file_mode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

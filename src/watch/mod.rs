@@ -25,9 +25,11 @@ mod triggers;
 
 pub use cgroup::{machine_memory, Cgroup, CgroupReading, CgroupVersion};
 pub use config::{
-    parse_bytes, parse_duration, parse_thresholds, WatchConfig, DEFAULT_DIR, DEFAULT_HORIZON,
-    DEFAULT_KEEP, DEFAULT_THRESHOLDS, DEFAULT_TICK,
+    parse_bytes, parse_duration, parse_file_mode, parse_thresholds, WatchConfig, DEFAULT_DIR,
+    DEFAULT_FILE_MODE, DEFAULT_HORIZON, DEFAULT_KEEP, DEFAULT_THRESHOLDS, DEFAULT_TICK,
 };
+#[cfg(feature = "http")]
+pub(crate) use dump::{is_served, read_served_file};
 pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
 pub use previous::previous_dump_report;
 #[cfg(feature = "http")]
@@ -96,9 +98,21 @@ pub struct WatchBuilder {
 }
 
 impl WatchBuilder {
-    /// Where dump sets are written (`HEAPWATCH_DIR`). Created if missing.
+    /// Where dump sets are written (`HEAPWATCH_DIR`). Created if missing — at start and again
+    /// before a set whenever it was deleted — with mode 0700 (see [`file_mode`]); an existing
+    /// directory's mode is left as it is.
+    ///
+    /// [`file_mode`]: WatchBuilder::file_mode
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.dir = dir.into();
+        self
+    }
+    /// Permission bits of dump files (`HEAPWATCH_FILE_MODE`, octal), default
+    /// [`DEFAULT_FILE_MODE`] (0600, owner only); a directory the watch creates gets the same
+    /// bits plus search where read is granted (0600 → 0700, 0640 → 0750). Bits outside 0666 are
+    /// dropped and the owner's read and write always kept. The umask can still narrow them.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.config.file_mode = (mode & 0o666) | 0o600;
         self
     }
     /// A limit in bytes to use where no cgroup sets one (`HEAPWATCH_LIMIT`).
@@ -441,7 +455,8 @@ impl Watcher {
         Watcher {
             cgroup,
             machine_memory: machine_memory(),
-            writer: DumpWriter::new(config.dir.clone(), config.keep),
+            writer: DumpWriter::new(config.dir.clone(), config.keep)
+                .with_file_mode(config.file_mode),
             triggers: Triggers::new(
                 &config.thresholds,
                 config.hysteresis,
@@ -462,9 +477,9 @@ impl Watcher {
 
     /// Runs until `stop`; the caller holds the profiler guard for the thread.
     fn run(mut self, stop: &AtomicBool) {
-        if let Err(e) = std::fs::create_dir_all(self.writer.dir()) {
+        if let Err(e) = self.writer.prepare() {
             tracing::error!(dir = %self.writer.dir().display(), error = %e,
-                "heapwatch: cannot create the dump directory; dumps will fail until it exists");
+                "heapwatch: cannot create the dump directory; each dump will try again");
         }
         self.writer.prune();
         let memory = self.memory();

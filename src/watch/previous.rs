@@ -2,14 +2,19 @@
 //! on-call engineer can read in the new pod's log.
 
 use super::cgroup::{Cgroup, CgroupVersion};
-use super::dump::{list_sets, read_summary};
+use super::dump::{list_sets, read_summary, written_by_live_instance};
 use crate::encode::human_bytes;
 use std::path::Path;
 
-/// One line describing the newest dump set in `dir` — reason, time, usage against the limit
-/// and top call site — or `None` when there is none.
+/// One line describing the newest dump set in `dir` that no running instance is writing —
+/// reason, time, usage against the limit and top call site — or `None` when there is none.
+/// Sets of another live instance sharing the directory are its news, not a predecessor's; a
+/// symlink or FIFO named like a summary is not a set, and is never opened.
 pub fn previous_dump_report(dir: &Path) -> Option<String> {
-    let set = list_sets(dir).pop()?;
+    let set = list_sets(dir)
+        .into_iter()
+        .rev()
+        .find(|set| !written_by_live_instance(set))?;
     let summary = match read_summary(&set) {
         Ok(summary) => summary,
         Err(e) => {

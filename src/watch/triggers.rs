@@ -1,7 +1,9 @@
 //! When to dump: thresholds of the limit (each once per climb, re-armed when usage falls back
-//! below it by the hysteresis), a predicted time to the limit under the horizon, and requests
-//! (API, SIGUSR1) — rate-limited, except that a higher threshold than the last dump's always
-//! goes through, so a fast climb still gets its dump at 95 % after one at 80 %.
+//! below it by the hysteresis), a predicted time to the limit under the horizon (once per
+//! approach, re-armed the same way: when usage falls back by the hysteresis below where it
+//! fired), and requests (API, SIGUSR1) — rate-limited, except that a higher threshold than the
+//! last dump's always goes through, so a fast climb still gets its dump at 95 % after one at
+//! 80 %.
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,11 @@ pub(crate) struct Triggers {
     fired: Vec<bool>,
     hysteresis: f64,
     horizon: Duration,
-    eta_armed: bool,
+    /// Usage (fraction of the limit) when the time-to-limit dump fired; `None` while armed.
+    /// The prediction itself cannot re-arm it: on a plateau the slope wavers around zero, and
+    /// "no prediction" then "the limit in 0 s" would repeat a dump of the same situation
+    /// every time it wavers, rotating away the dumps that show the climb.
+    eta_fired_at: Option<f64>,
     min_interval: Duration,
     last_dump: Option<Instant>,
     /// The highest threshold dumped for during the current climb.
@@ -98,7 +104,7 @@ impl Triggers {
             fired: vec![false; thresholds.len()],
             hysteresis,
             horizon,
-            eta_armed: true,
+            eta_fired_at: None,
             min_interval,
             last_dump: None,
             climb_high: None,
@@ -132,9 +138,10 @@ impl Triggers {
                 self.climb_high = None;
             }
         }
-        match seen.eta_seconds {
-            Some(eta) if eta <= 2.0 * self.horizon.as_secs_f64() => {}
-            _ => self.eta_armed = true,
+        if let (Some(fired_at), Some(fraction)) = (self.eta_fired_at, seen.fraction) {
+            if fraction < fired_at - self.hysteresis {
+                self.eta_fired_at = None;
+            }
         }
 
         let rate_limited = self
@@ -165,8 +172,10 @@ impl Triggers {
             return None;
         }
         if let Some(seconds) = seen.eta_seconds {
-            if self.eta_armed && seconds <= self.horizon.as_secs_f64() {
-                self.eta_armed = false;
+            if self.eta_fired_at.is_none() && seconds <= self.horizon.as_secs_f64() {
+                // A prediction needs a limit, so the fraction is known; were it not, nothing
+                // would re-arm the trigger until restart, which errs towards fewer dumps.
+                self.eta_fired_at = Some(seen.fraction.unwrap_or(f64::NEG_INFINITY));
                 return Some(Reason::Eta { seconds });
             }
         }
@@ -275,17 +284,52 @@ mod tests {
             Some(Reason::Eta { seconds: 30.0 })
         );
         t.dumped(later);
-        // Once per approach: re-armed only when the prediction moves well past the horizon.
+        // Once per approach: re-armed only when usage falls back by the hysteresis.
         let much_later = later + Duration::from_secs(60);
         assert_eq!(t.evaluate(much_later, eta, None), None);
-        let calm = Observation {
-            fraction: Some(0.3),
+        let receded = Observation {
+            fraction: Some(0.2),
             eta_seconds: None,
         };
-        assert_eq!(t.evaluate(much_later, calm, None), None);
+        assert_eq!(t.evaluate(much_later, receded, None), None);
         assert_eq!(
             t.evaluate(much_later, eta, None),
             Some(Reason::Eta { seconds: 30.0 })
+        );
+    }
+
+    #[test]
+    fn a_wavering_prediction_on_a_plateau_dumps_once() {
+        // The load stopped with usage over the limit: the slope wavers around zero, so the
+        // prediction comes and goes ("none", then "the limit in 0 s").
+        let mut t = triggers();
+        let start = Instant::now();
+        let mut eta_dumps = 0;
+        for minute in 0..30u64 {
+            let now = start + Duration::from_secs(60 * minute);
+            let fraction = 1.02 + 0.005 * (minute % 2) as f64;
+            let seen = Observation {
+                fraction: Some(fraction),
+                eta_seconds: (minute % 2 == 1).then_some(0.0),
+            };
+            if let Some(reason) = t.evaluate(now, seen, None) {
+                if reason.kind() == "eta" {
+                    eta_dumps += 1;
+                }
+                t.dumped(now);
+            }
+        }
+        assert_eq!(eta_dumps, 1, "one ETA dump for one plateau");
+        // The situation changes: usage falls back well below, then climbs again.
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(t.evaluate(later, at(0.5), None), None);
+        let approach = Observation {
+            fraction: Some(0.6),
+            eta_seconds: Some(20.0),
+        };
+        assert_eq!(
+            t.evaluate(later + Duration::from_secs(60), approach, None),
+            Some(Reason::Eta { seconds: 20.0 })
         );
     }
 
