@@ -1,21 +1,45 @@
 //! Stack capture for sampled allocations.
 //!
-//! Two ways, chosen by [`set_stack_capture`]:
+//! Three modes, chosen by [`set_stack_capture`]:
 //!
 //! * **Unwinder**: the platform's DWARF-CFI unwinder (`_Unwind_Backtrace`) through `backtrace`'s
 //!   unsynchronized entry point. Correct for any code, frame pointers or not, but it interprets
 //!   unwind tables for every frame: about 80 ns a frame, a microsecond for a typical stack.
 //! * **Frame pointers**: follows the saved frame-pointer chain, a few nanoseconds a frame. Only
 //!   right if the code on the stack keeps frame pointers: Rust's standard library does, your code
-//!   does when built with `RUSTFLAGS="-C force-frame-pointers=yes"`. Every frame address is
-//!   checked against the thread's stack bounds before it is read, so a broken chain ends the walk
-//!   early; it never faults.
-//! * **Auto** (default): the first 16 samples are captured both ways. If the chains agree every
-//!   time, heapwatch switches to frame pointers for good; at the first disagreement it settles on
-//!   the unwinder. So a program built with frame pointers gets the fast path, and any other
-//!   program keeps correct stacks.
+//!   does when built with `RUSTFLAGS="-C force-frame-pointers=yes"`. Never faults: see below.
+//! * **Auto** (default): the first 16 samples captured on their thread's own stack are captured
+//!   both ways. If the chains agree every time, heapwatch switches to frame pointers for good; at
+//!   the first disagreement it settles on the unwinder. So a program built with frame pointers
+//!   gets the fast path, and any other program keeps correct stacks.
 //!
-//! Neither takes a lock of ours nor allocates.
+//! None takes a lock of ours or allocates through the global allocator.
+//!
+//! # What the frame-pointer walk reads
+//!
+//! Only memory of the stack that the stack pointer lies in, from the stack pointer up to that
+//! stack's top, and only in a stack whose bounds it knows:
+//!
+//! * the thread's own stack: for a thread started by `pthread_create`, the bounds glibc keeps
+//!   for it (`pthread_getattr_np`); for the main thread, from glibc's `__libc_stack_end` down to
+//!   the lowest page that `mincore` confirmed mapped without a gap (glibc itself would read
+//!   `/proc/self/maps`);
+//! * the signal stack (`sigaltstack`) while a handler runs on it: the handler's frames, up to
+//!   the signal frame the kernel pushed;
+//! * no other. On a coroutine's stack (`makecontext`), a `stacker` segment, or any stack of
+//!   unknown bounds, nothing is walked: the sample is unwound instead (the unwinder follows unwind
+//!   tables, not the frame-pointer register), and Auto does not count it (nor a walk of a signal
+//!   stack, which ends at the handler) towards its verification.
+//!
+//! Every frame address is checked against those bounds before it is read, so a frame-pointer
+//! register holding anything at all (code built without frame pointers uses it as one more
+//! register) ends the walk early instead of faulting. The bounds stay right in a child forked by
+//! any thread (see [`after_fork_in_child`]). What the walk does assume is what a program running
+//! on a stack assumes anyway: that the stack's memory between the stack pointer and its top stays
+//! mapped and readable (no `munmap` or `mprotect` of a stack in use, no `sigaltstack` size beyond
+//! the memory given), and that nothing is mapped at a fixed address right below the main thread's
+//! stack (Linux keeps a gap there for any other mapping). `tests/hostile_stack.rs` attacks each
+//! case with a frame pointer aimed at an unreadable page.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -30,7 +54,8 @@ pub enum StackCapture {
     Auto,
     /// Always use the DWARF-CFI unwinder: correct for any build, about 80 ns a frame.
     Unwinder,
-    /// Always follow frame pointers: fast, right only for code built with frame pointers.
+    /// Follow frame pointers: fast, right only for code built with frame pointers. Samples
+    /// taken on a stack of unknown bounds (a coroutine, a stack segment) are unwound.
     FramePointers,
 }
 
@@ -76,11 +101,32 @@ pub fn stack_capture() -> StackCapture {
 #[inline(never)]
 pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
     match MODE.load(Ordering::Relaxed) {
-        MODE_FRAME_POINTERS => walk_frame_pointers(frames),
+        MODE_FRAME_POINTERS => match walk_frame_pointers(frames) {
+            Walk::OwnStack(depth) | Walk::SignalStack(depth) => depth,
+            Walk::Skipped => unwind(frames),
+        },
         MODE_UNWINDER => unwind(frames),
         _ => capture_verifying(frames),
     }
 }
+
+/// Makes the calling thread's stack bounds right in a child process it has just forked (the
+/// `pthread_atfork` child handler calls it).
+///
+/// There is nothing to reset, so it does nothing. The child's memory is a copy of the parent's
+/// at the same addresses: the forking thread's cached bounds (its own stack, copied), the main
+/// thread's stack as confirmed so far and the main thread's identity (a `pthread_t`, which is an
+/// address) are as true in the child as they were in the parent. And nothing takes "thread id
+/// equals process id" to mean "main thread", which a child forked by another thread breaks: that
+/// thread leads the child but runs on its own stack. It is told apart from the main thread by the
+/// main thread's recorded identity, or, if the main thread was never seen on its stack, its
+/// stack counts as unknown (its samples are unwound).
+#[allow(
+    dead_code,
+    reason = "called by the pthread_atfork child handler of the fork module"
+)]
+#[inline]
+pub(crate) fn after_fork_in_child() {}
 
 /// Auto mode: unwind, and compare with the frame-pointer walk.
 #[cold]
@@ -91,7 +137,12 @@ fn capture_verifying(frames: &mut [usize; MAX_FRAMES]) -> usize {
         return depth;
     }
     let mut walked = [0usize; MAX_FRAMES];
-    let walked_depth = walk_frame_pointers(&mut walked);
+    // Only a walk of the thread's own stack tells whether the program keeps frame pointers: one
+    // of a signal stack stops at the handler where the unwinder goes on, and elsewhere there was
+    // no walk at all.
+    let Walk::OwnStack(walked_depth) = walk_frame_pointers(&mut walked) else {
+        return depth;
+    };
     if chains_agree(&frames[..depth], &walked[..walked_depth]) {
         if AGREEMENTS.fetch_add(1, Ordering::Relaxed) + 1 >= AGREEMENTS_NEEDED {
             let _ = MODE.compare_exchange(
@@ -160,53 +211,54 @@ fn unwind(frames: &mut [usize; MAX_FRAMES]) -> usize {
 fn frame_pointers_supported() -> bool {
     cfg!(all(
         target_os = "linux",
+        target_env = "gnu",
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))
 }
 
-thread_local! {
-    /// One past the highest address of this thread's stack; 0 until looked up.
-    static STACK_TOP: Cell<usize> = const { Cell::new(0) };
+/// What a frame-pointer walk did.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// Walked the thread's own stack; this many frames.
+    OwnStack(usize),
+    /// Walked the signal stack a handler runs on, up to the handler's frame; this many frames.
+    SignalStack(usize),
+    /// The stack pointer lies in a stack of unknown bounds: nothing was read.
+    Skipped,
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-#[inline(always)]
-fn frame_pointer() -> usize {
-    let fp: usize;
-    // SAFETY: reads the frame-pointer register into a local; no memory is touched and no flags
-    // or other registers change.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    fp
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-fn frame_pointer() -> usize {
-    0
-}
-
-/// Follows saved frame pointers. Each frame is `[saved fp, return address]` at the address in
-/// the frame-pointer register; the chain must rise strictly and stay inside the thread's stack.
+/// Follows saved frame pointers within the stack the stack pointer lies in. Each frame is
+/// `[saved fp, return address]` at the address in the frame-pointer register.
 #[inline(never)]
-fn walk_frame_pointers(frames: &mut [usize; MAX_FRAMES]) -> usize {
-    let low = &frames as *const _ as usize;
-    let high = stack_top();
-    if high == 0 {
-        return 0;
+fn walk_frame_pointers(frames: &mut [usize; MAX_FRAMES]) -> Walk {
+    let sp = bounds::stack_pointer();
+    let fp = bounds::frame_pointer();
+    match stack_containing(sp) {
+        Some(Stack::Own { top }) => {
+            // SAFETY: `[sp, top)` is the part in use of the stack the stack pointer lies in,
+            // mapped and readable while this thread runs on it (see `stack_containing`).
+            Walk::OwnStack(unsafe { walk_within(frames, fp, sp, top) })
+        }
+        Some(Stack::Signal { top }) => {
+            // SAFETY: as above, for the signal stack this handler runs on.
+            Walk::SignalStack(unsafe { walk_within(frames, fp, sp, top) })
+        }
+        None => Walk::Skipped,
     }
-    let mut fp = frame_pointer();
+}
+
+/// Follows the frame-pointer chain from `fp` while every frame lies in `[low, high)` and the
+/// chain rises strictly; returns the frames written.
+///
+/// # Safety
+///
+/// Every address in `[low, high)` must be readable.
+unsafe fn walk_within(
+    frames: &mut [usize; MAX_FRAMES],
+    mut fp: usize,
+    low: usize,
+    high: usize,
+) -> usize {
     let mut depth = 0;
     while depth < MAX_FRAMES && fp >= low && fp % std::mem::align_of::<usize>() == 0 {
         let Some(end) = fp.checked_add(2 * std::mem::size_of::<usize>()) else {
@@ -215,9 +267,8 @@ fn walk_frame_pointers(frames: &mut [usize; MAX_FRAMES]) -> usize {
         if end > high {
             break;
         }
-        // SAFETY: `fp` is aligned and `[fp, fp + 16)` lies between this function's own frame
-        // and the top of this thread's stack, memory that is mapped and readable for as long as
-        // the thread runs.
+        // SAFETY: `fp` is aligned and `[fp, fp + 16)` lies in `[low, high)`, readable by the
+        // caller's contract.
         let (next, return_address) = unsafe {
             let slot = fp as *const usize;
             (slot.read(), slot.add(1).read())
@@ -235,54 +286,327 @@ fn walk_frame_pointers(frames: &mut [usize; MAX_FRAMES]) -> usize {
     depth
 }
 
-/// The top of the current thread's stack, looked up once per thread.
-fn stack_top() -> usize {
-    STACK_TOP
-        .try_with(|top| {
-            if top.get() == 0 {
-                top.set(lookup_stack_top());
-            }
-            top.get()
-        })
-        .unwrap_or(0)
+/// The stack a stack pointer lies in, by its top: the walk reads from the stack pointer up to
+/// there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stack {
+    /// The thread's own stack (for the main thread, the part confirmed mapped).
+    Own { top: usize },
+    /// The signal stack a handler runs on.
+    Signal { top: usize },
 }
 
-#[cfg(target_os = "linux")]
-fn lookup_stack_top() -> usize {
-    extern "C" {
-        /// glibc: the initial stack pointer of the main thread, above all of its frames.
-        static __libc_stack_end: *const libc::c_void;
+/// An address range `[low, high)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Range {
+    low: usize,
+    high: usize,
+}
+
+impl Range {
+    /// Not looked up yet.
+    const UNKNOWN: Range = Range { low: 0, high: 0 };
+
+    fn contains(self, address: usize) -> bool {
+        self.low <= address && address < self.high
     }
-    // SAFETY: `getpid` and `gettid` have no preconditions.
-    let main_thread = unsafe { libc::getpid() == libc::gettid() };
-    if main_thread {
-        // glibc's pthread_getattr_np would read /proc/self/maps for the main thread; the
-        // loader's record of where the stack began needs no I/O.
-        // SAFETY: glibc sets `__libc_stack_end` before `main` and never changes it.
-        return unsafe { __libc_stack_end } as usize;
+}
+
+thread_local! {
+    /// This thread's own stack; `UNKNOWN` until looked up. Const-initialised, no destructor:
+    /// usable on every path of the thread, to its very end.
+    static OWN_STACK: Cell<Range> = const { Cell::new(Range::UNKNOWN) };
+}
+
+/// Finds the stack `sp` lies in, if its bounds are known. The common case (the thread's own
+/// stack, already looked up) is one thread-local load and a comparison; the rest runs once per
+/// thread, or when a sample is taken off the thread's stack (a syscall or two, then).
+fn stack_containing(sp: usize) -> Option<Stack> {
+    let own = OWN_STACK.try_with(Cell::get).unwrap_or(Range::UNKNOWN);
+    if own.contains(sp) {
+        return Some(Stack::Own { top: own.high });
     }
-    // SAFETY: `attr` is initialised by `pthread_getattr_np` before it is read and destroyed
-    // after; `pthread_self` is always valid for the calling thread.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return 0;
+    if let Some(main) = bounds::main_stack_containing(sp) {
+        if own == Range::UNKNOWN {
+            bounds::adopt_main_stack(main);
         }
-        let mut base: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut base, &mut size) == 0;
-        libc::pthread_attr_destroy(&mut attr);
-        if ok {
-            base as usize + size
+        return Some(Stack::Own { top: main.high });
+    }
+    // Before looking up the thread's own stack: in a signal handler, `pthread_getattr_np`
+    // (which takes the thread's lock and calls `malloc`) is better not called.
+    if let Some(signal) = bounds::signal_stack().filter(|s| s.contains(sp)) {
+        return Some(Stack::Signal { top: signal.high });
+    }
+    if own == Range::UNKNOWN {
+        let own = bounds::lookup_own_stack()?;
+        let _ = OWN_STACK.try_with(|cell| cell.set(own));
+        if own.contains(sp) {
+            return Some(Stack::Own { top: own.high });
+        }
+    }
+    None
+}
+
+/// Where stacks are, from glibc and the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod bounds {
+    use super::{Range, OWN_STACK};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[inline(always)]
+    pub(super) fn stack_pointer() -> usize {
+        let sp: usize;
+        // SAFETY: reads the stack-pointer register into a local; no memory is touched and no
+        // flags or other registers change.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+        }
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            sp = 0;
+        }
+        sp
+    }
+
+    #[inline(always)]
+    pub(super) fn frame_pointer() -> usize {
+        let fp: usize;
+        // SAFETY: reads the frame-pointer register into a local; no memory is touched and no
+        // flags or other registers change.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
+        }
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            fp = 0;
+        }
+        fp
+    }
+
+    /// `__libc_stack_end`: the top of the main thread's stack (its frames all lie below); 0 until
+    /// read.
+    static MAIN_STACK_TOP: AtomicUsize = AtomicUsize::new(0);
+    /// The lowest address the main thread's stack may reach: its top less the stack size limit
+    /// as first read (`RLIMIT_STACK`). Only a filter, so that samples on other stacks rarely pay
+    /// for a `mincore`: the confirmation below is what makes a walk safe.
+    static MAIN_STACK_FLOOR: AtomicUsize = AtomicUsize::new(0);
+    static PAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+    /// The lowest page such that every page from it to the main thread's stack top is confirmed
+    /// mapped; `usize::MAX` until the first confirmation. Only ever lowered: Linux never shrinks
+    /// a stack.
+    static MAIN_STACK_MAPPED_LOW: AtomicUsize = AtomicUsize::new(usize::MAX);
+    /// The main thread's `pthread_self()`, recorded the first time it is seen on the main
+    /// stack; 0 until then. Tells the main thread apart from the leader of a child forked by
+    /// another thread.
+    static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+    struct MainStackLimits {
+        top: usize,
+        floor: usize,
+        page_bytes: usize,
+    }
+
+    fn main_stack_limits() -> Option<MainStackLimits> {
+        let top = MAIN_STACK_TOP.load(Ordering::Acquire);
+        if top != 0 {
+            return Some(MainStackLimits {
+                top,
+                floor: MAIN_STACK_FLOOR.load(Ordering::Relaxed),
+                page_bytes: PAGE_BYTES.load(Ordering::Relaxed),
+            });
+        }
+        extern "C" {
+            /// glibc: the initial stack pointer of the main thread, above all of its frames.
+            static __libc_stack_end: *const libc::c_void;
+        }
+        // SAFETY: glibc sets `__libc_stack_end` before any code of the program runs and never
+        // changes it.
+        let top = unsafe { __libc_stack_end } as usize;
+        // SAFETY: `sysconf` has no preconditions.
+        let page_bytes = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid out-pointer.
+        let limit_bytes = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0 {
+            usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
         } else {
-            0
+            usize::MAX
+        };
+        if top == 0 || !page_bytes.is_power_of_two() {
+            return None;
+        }
+        let floor = top.saturating_sub(limit_bytes);
+        MAIN_STACK_FLOOR.store(floor, Ordering::Relaxed);
+        PAGE_BYTES.store(page_bytes, Ordering::Relaxed);
+        MAIN_STACK_TOP.store(top, Ordering::Release);
+        Some(MainStackLimits {
+            top,
+            floor,
+            page_bytes,
+        })
+    }
+
+    /// The main thread's stack, from `sp` to its top, if `sp` lies in it: every page between is
+    /// confirmed mapped, and Linux keeps a gap below a stack that grows down, so memory mapped
+    /// without a gap up to the stack is the stack (a coroutine's stack or a thread's lies beyond
+    /// the gap, and fails).
+    pub(super) fn main_stack_containing(sp: usize) -> Option<Range> {
+        let limits = main_stack_limits()?;
+        if sp >= limits.top || sp < limits.floor {
+            return None;
+        }
+        let mapped_low = MAIN_STACK_MAPPED_LOW.load(Ordering::Relaxed);
+        if sp >= mapped_low {
+            return Some(Range {
+                low: mapped_low,
+                high: limits.top,
+            });
+        }
+        // Deeper than confirmed so far (or the first time): confirm the pages in between.
+        let from = sp & !(limits.page_bytes - 1);
+        let to = mapped_low.min(limits.top.next_multiple_of(limits.page_bytes));
+        if !pages_mapped(from, to, limits.page_bytes) {
+            return None;
+        }
+        MAIN_STACK_MAPPED_LOW.fetch_min(from, Ordering::Relaxed);
+        Some(Range {
+            low: from,
+            high: limits.top,
+        })
+    }
+
+    /// Whether every page of `[from, to)` (page-aligned) is mapped. `mincore` fails with ENOMEM
+    /// on a range holding an unmapped page, and wants one byte of output per page: 256 pages a
+    /// call, from `to` down, so that memory which is not the stack fails at the first call.
+    pub(super) fn pages_mapped(from: usize, to: usize, page_bytes: usize) -> bool {
+        const PAGES_PER_CALL: usize = 256;
+        let mut residency = [0u8; PAGES_PER_CALL];
+        let mut end = to;
+        while end > from {
+            let start = end.saturating_sub(PAGES_PER_CALL * page_bytes).max(from);
+            // SAFETY: `start` is page-aligned and `residency` has room for the at most 256
+            // pages asked; `mincore` reads none of the memory it is asked about.
+            let failed = unsafe {
+                libc::mincore(
+                    start as *mut libc::c_void,
+                    end - start,
+                    residency.as_mut_ptr(),
+                )
+            } != 0;
+            if failed {
+                return false;
+            }
+            end = start;
+        }
+        true
+    }
+
+    /// The first walk of a thread on the main stack: if it leads the process, it is the main
+    /// thread (a thread leading a child forked by another thread runs on that thread's stack).
+    pub(super) fn adopt_main_stack(main: Range) {
+        if !is_process_leader() {
+            return;
+        }
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        let _ = MAIN_THREAD.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = OWN_STACK.try_with(|own| own.set(main));
+    }
+
+    fn is_process_leader() -> bool {
+        // SAFETY: `gettid` and `getpid` have no preconditions.
+        unsafe { libc::gettid() == libc::getpid() }
+    }
+
+    /// The signal stack of this thread, if it has one.
+    pub(super) fn signal_stack() -> Option<Range> {
+        // SAFETY: `stack_t` is plain data; a null new stack makes `sigaltstack` only report the
+        // current one into `current`.
+        let current = unsafe {
+            let mut current: libc::stack_t = std::mem::zeroed();
+            if libc::sigaltstack(std::ptr::null(), &mut current) != 0 {
+                return None;
+            }
+            current
+        };
+        if current.ss_flags & libc::SS_DISABLE != 0 {
+            return None;
+        }
+        let low = current.ss_sp as usize;
+        Some(Range {
+            low,
+            high: low.checked_add(current.ss_size)?,
+        })
+    }
+
+    /// This thread's own stack from glibc, unless it is (or may be) the main thread: for that,
+    /// `pthread_getattr_np` reads `/proc/self/maps`, I/O that has no place here; its stack is
+    /// found on the stack instead ([`main_stack_containing`]). `None` means "ask again later".
+    pub(super) fn lookup_own_stack() -> Option<Range> {
+        // SAFETY: `pthread_self` has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        let main = MAIN_THREAD.load(Ordering::Relaxed);
+        // The leader is the main thread or, in a child forked by another thread, that thread;
+        // without the main thread's identity the two look alike.
+        let not_main = (main != 0 && main != me) || !is_process_leader();
+        if !not_main {
+            return None;
+        }
+        // SAFETY: `attributes` is initialised by `pthread_getattr_np` before it is read and
+        // destroyed after; `pthread_self` is always valid for the calling thread.
+        unsafe {
+            let mut attributes: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_getattr_np(libc::pthread_self(), &mut attributes) != 0 {
+                return None;
+            }
+            let mut base: *mut libc::c_void = std::ptr::null_mut();
+            let mut size: libc::size_t = 0;
+            let ok = libc::pthread_attr_getstack(&attributes, &mut base, &mut size) == 0;
+            libc::pthread_attr_destroy(&mut attributes);
+            let low = base as usize;
+            ok.then_some(Range {
+                low,
+                high: low.checked_add(size)?,
+            })
         }
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn lookup_stack_top() -> usize {
-    0
+/// Elsewhere the walk is never used (see `frame_pointers_supported`); no stack is known.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod bounds {
+    use super::Range;
+
+    pub(super) fn stack_pointer() -> usize {
+        0
+    }
+    pub(super) fn frame_pointer() -> usize {
+        0
+    }
+    pub(super) fn main_stack_containing(_sp: usize) -> Option<Range> {
+        None
+    }
+    pub(super) fn adopt_main_stack(_main: Range) {}
+    pub(super) fn signal_stack() -> Option<Range> {
+        None
+    }
+    pub(super) fn lookup_own_stack() -> Option<Range> {
+        None
+    }
 }
 
 /// In a forked child: the forking thread's cached bound is still its own stack's.
@@ -306,19 +630,82 @@ mod tests {
     }
 
     #[test]
-    fn frame_pointer_walk_stays_in_bounds_and_finds_frames() {
+    fn walk_ends_at_the_first_frame_outside_its_range() {
+        // A stack of four frames, two words each: [saved fp, return address]. Written through
+        // one raw pointer, as the walk reads it.
+        let mut stack = [0usize; 8];
+        let slots = stack.as_mut_ptr();
+        let at = |i: usize| slots as usize + i * std::mem::size_of::<usize>();
+        // SAFETY: `i < 8`, within `stack`.
+        let set = |i: usize, value: usize| unsafe { slots.add(i).write(value) };
+        let (f0, f1, f2, f3) = (at(0), at(2), at(4), at(6));
+        for (i, value) in [f1, 100, f2, 101, f3, 102, usize::MAX - 8, 103]
+            .into_iter()
+            .enumerate()
+        {
+            set(i, value);
+        }
         let mut frames = [0usize; MAX_FRAMES];
-        // Whatever the build, the walk returns without faulting; std keeps frame pointers, so
-        // the test harness's frames are found at least.
-        let depth = walk_frame_pointers(&mut frames);
-        assert!(depth <= MAX_FRAMES);
-        let threaded = std::thread::spawn(|| {
+        // The outermost frame's saved fp points far outside: the walk ends there, unread.
+        // SAFETY: `[at(0), at(8))` is `stack`, and so is every sub-range below.
+        let depth = unsafe { walk_within(&mut frames, f0, f0, at(8)) };
+        assert_eq!(&frames[..depth], &[100, 101, 102, 103]);
+        // A top that cuts the third frame in half: two frames.
+        // SAFETY: as above.
+        let depth = unsafe { walk_within(&mut frames, f0, f0, at(5)) };
+        assert_eq!(&frames[..depth], &[100, 101]);
+        // Misaligned, or below the range: nothing.
+        // SAFETY: as above.
+        assert_eq!(unsafe { walk_within(&mut frames, f0 + 1, f0, at(8)) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { walk_within(&mut frames, f0, f1, at(8)) }, 0);
+        // A chain that turns down: it stops there.
+        set(2, f0);
+        // SAFETY: as above.
+        let depth = unsafe { walk_within(&mut frames, f0, f0, at(8)) };
+        assert_eq!(&frames[..depth], &[100, 101]);
+    }
+
+    #[test]
+    fn walks_start_on_the_threads_own_stack_and_find_frames() {
+        fn check() {
             let mut frames = [0usize; MAX_FRAMES];
-            walk_frame_pointers(&mut frames)
-        })
-        .join()
-        .unwrap();
-        assert!(threaded <= MAX_FRAMES);
-        assert!(stack_top() > &frames as *const _ as usize);
+            match walk_frame_pointers(&mut frames) {
+                Walk::OwnStack(depth) => assert!(depth <= MAX_FRAMES),
+                other if frame_pointers_supported() => panic!("walk on the own stack: {other:?}"),
+                _ => {}
+            }
+        }
+        // Whatever the build, the walk returns without faulting, on the test thread and on a
+        // thread of its own.
+        check();
+        std::thread::spawn(check).join().unwrap();
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn pages_with_a_hole_are_not_all_mapped() {
+        // SAFETY: a fresh anonymous mapping of three pages, whose middle page is unmapped, and
+        // the rest after.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let base = base as usize;
+            assert!(bounds::pages_mapped(base, base + 3 * page, page));
+            assert_eq!(libc::munmap((base + page) as *mut libc::c_void, page), 0);
+            assert!(!bounds::pages_mapped(base, base + 3 * page, page));
+            assert!(bounds::pages_mapped(base + 2 * page, base + 3 * page, page));
+            assert!(bounds::pages_mapped(base, base + page, page));
+            libc::munmap(base as *mut libc::c_void, page);
+            libc::munmap((base + 2 * page) as *mut libc::c_void, page);
+        }
     }
 }
