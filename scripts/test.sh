@@ -32,7 +32,8 @@ echo "== tests, built with frame pointers (stack capture: frame-pointer walk)"
 HEAPWATCH_EXPECT_FRAME_POINTERS=1 RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes" \
     cargo test --release --features dwarf --target-dir target/frame-pointers --lib \
     --test accuracy --test unbiased --test stack_capture --test source_lines --test demo_outputs \
-    --test stress_threads --test early_wake --test oom_kill --test mixed_service --test leak_check --test leak_check_joined
+    --test stress_threads --test early_wake --test oom_kill --test mixed_service --test leak_check --test leak_check_joined \
+    --test hostile_stack --test hostile_fork
 
 echo "== docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet

@@ -121,10 +121,6 @@ pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
 /// thread leads the child but runs on its own stack. It is told apart from the main thread by the
 /// main thread's recorded identity, or, if the main thread was never seen on its stack, its
 /// stack counts as unknown (its samples are unwound).
-#[allow(
-    dead_code,
-    reason = "called by the pthread_atfork child handler of the fork module"
-)]
 #[inline]
 pub(crate) fn after_fork_in_child() {}
 
@@ -608,9 +604,6 @@ mod bounds {
         None
     }
 }
-
-/// In a forked child: the forking thread's cached bound is still its own stack's.
-pub(crate) fn after_fork_in_child() {}
 
 #[cfg(test)]
 mod tests {
