@@ -19,9 +19,14 @@
 //! | `/debug/heap/report` | JSON: counters, cgroup, verdict, suspects |
 //! | `/debug/heap/dumps` | the dump sets on disk; `/debug/heap/dumps/<name>` downloads a listed file |
 //!
-//! Bound to loopback unless told otherwise; an optional bearer token; requests are limited in
-//! size (8 KiB of headers, 1 KiB of body), time (5 s to read a request) and concurrency (4
-//! handled at once, 16 waiting; more get 503). Only GET and HEAD.
+//! Bound to loopback unless told otherwise; an optional bearer token (scheme in any case,
+//! compared by fixed-size digests); requests are limited in size (8 KiB of headers, 1 KiB of
+//! body), time (5 s to send a whole request, 10 s to take the whole answer, each counted as a
+//! total, however slowly bytes trickle) and concurrency (4 rendered at once, 16 waiting, more
+//! get 503; 64 connections open, a new one beyond them closing the slowest). Slow clients never
+//! hold a worker: one thread reads requests and writes answers for every connection without
+//! blocking. Accept errors (the descriptor limit) pause accepting, 5 ms doubling to 1 s. Only
+//! GET and HEAD. See [`Limits`] and [`Server`].
 
 #[cfg(feature = "axum")]
 mod axum_router;

@@ -5,6 +5,7 @@
 use crate::watch::list_sets;
 use crate::SampleType;
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// A response to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +97,8 @@ pub fn respond_under(
         return Response::error(405);
     }
     if let Some(token) = &context.token {
-        let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+        let given = authorization.and_then(bearer_credentials);
+        if !given.is_some_and(|given| token_matches(given, token)) {
             return Response::error(401);
         }
     }
@@ -134,9 +135,29 @@ fn dump_dir(context: &Context) -> std::path::PathBuf {
         .unwrap_or_else(crate::watch::dump_dir)
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is matched in any
+/// case, as RFC 9110 §11.1 has it (`bearer`, `BEARER`).
+fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credentials.trim())
+}
+
+/// Whether `given` is `token`, in a time that does not tell a client how close it came.
+/// Both are hashed under a key drawn at random for this process (std's SipHash) and the
+/// fixed-size digests compared: how long that takes depends on the length of `given` (the
+/// client's own) and of the token (the same for every request), not on where the two first
+/// differ or whether their lengths agree. Equal digests are confirmed byte for byte, so a
+/// collision of the 64-bit digests cannot let a wrong token in; that comparison runs only
+/// when the digests already match. A keyed std hash rather than SHA-256: the key keeps the
+/// digests unpredictable, and no dependency is added.
+fn token_matches(given: &str, token: &str) -> bool {
+    use std::hash::{BuildHasher, RandomState};
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let key = KEY.get_or_init(RandomState::new);
+    let digests_differ = key.hash_one(given.as_bytes()) ^ key.hash_one(token.as_bytes());
+    digests_differ == 0 && given == token
 }
 
 fn pprof(default: SampleType, name: &str) -> Response {

@@ -1,12 +1,17 @@
-//! A small HTTP/1.1 server on std's sockets: one accepting thread and a few workers, one
-//! request per connection, strict limits. Enough for scrapers and people; nothing from a
-//! request ever reaches the filesystem (see `routes`).
+//! A small HTTP/1.1 server on std's sockets. One thread multiplexes every connection with
+//! poll(2): it accepts, reads each request and writes each answer without blocking, each stage
+//! under a deadline; a few workers only render pages. A slow or silent client therefore holds
+//! a slot in a bounded table, never a worker, and cannot make the others wait. One request per
+//! connection, strict limits. Enough for scrapers and people; nothing from a request ever
+//! reaches the filesystem (see `routes`).
 
 use super::routes::{reason_phrase, respond, Context, Response};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,14 +26,21 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Longest body accepted (and discarded), bytes.
     pub max_body_bytes: usize,
-    /// Time allowed to read a whole request.
+    /// Time a client has to send its whole request, head and body, from the moment its
+    /// connection is accepted; then it is answered 408 and closed.
     pub read_timeout: Duration,
-    /// Time allowed to write a response.
+    /// Time a client has to take the whole response, from the moment it is ready; then the
+    /// connection is reset.
     pub write_timeout: Duration,
-    /// Requests handled at once.
+    /// Pages rendered at once.
     pub workers: usize,
-    /// Connections waiting for a worker; more are answered 503.
+    /// Requests waiting for a worker; more are answered 503.
     pub queue: usize,
+    /// Connections open at once. A new connection beyond them closes the open one nearest its
+    /// deadline among those still sending their request or taking their answer — a slow
+    /// client — so slow clients cannot lock others out; only when every one waits for a
+    /// worker is the new one answered 503.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +52,10 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             workers: 4,
             queue: 16,
+            // Three times the requests in hand at most (4 rendering, 16 waiting): room for
+            // dozens of slow clients besides. Each costs a descriptor and up to 9 KiB of
+            // request buffer (and its answer while that is sent).
+            max_connections: 64,
         }
     }
 }
@@ -53,12 +69,23 @@ pub struct ServerBuilder {
     limits: Limits,
 }
 
-/// The running listener; dropping it stops it.
+/// The running listener; dropping it stops it and joins its threads.
+///
+/// A forked child inherits the value but not the threads: dropping it there leaves the
+/// parent's listener alone (it neither joins nor wakes anything) and closes the child's copies
+/// of the listener's descriptors, so the child does not keep the port open. The child can
+/// start a listener of its own.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    /// The process that started it: in any other (a forked child) its threads do not exist.
+    pid: u32,
     stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    wake: Option<Arc<Wake>>,
+    /// The polling thread, then the workers.
+    threads: Vec<JoinHandle<()>>,
+    /// The descriptors the threads own, for a forked child to close its copies of.
+    descriptors: Vec<Descriptor>,
 }
 
 impl Server {
@@ -105,7 +132,7 @@ impl ServerBuilder {
     /// Binds and starts serving.
     ///
     /// # Errors
-    /// When the address does not resolve or cannot be bound.
+    /// When the address does not resolve or cannot be bound, or a thread cannot be started.
     pub fn start(self) -> io::Result<Server> {
         let addr = std::env::var("HEAPWATCH_ADDR")
             .ok()
@@ -119,7 +146,14 @@ impl ServerBuilder {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
         let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let wake = Arc::new(Wake::new()?);
+        let descriptors = vec![
+            Descriptor::of(&listener)?,
+            Descriptor::of(&wake.rx)?,
+            Descriptor::of(&wake.tx)?,
+        ];
         let context = Arc::new(Context {
             token,
             dump_dir: self.dump_dir,
@@ -127,68 +161,193 @@ impl ServerBuilder {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let limits = self.limits;
-        let (sender, receiver) = mpsc::sync_channel::<TcpStream>(limits.queue.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (jobs, queued) = mpsc::sync_channel::<Job>(limits.queue.max(1));
+        let (done, finished) = mpsc::channel::<Done>();
+        let queued = Arc::new(Mutex::new(queued));
+        // Should a spawn fail, the threads already started end by themselves: `jobs` is
+        // dropped on the way out, and their `recv` fails.
+        let mut threads = Vec::with_capacity(limits.workers.max(1) + 1);
         for i in 0..limits.workers.max(1) {
-            let receiver = Arc::clone(&receiver);
-            let context = Arc::clone(&context);
-            std::thread::Builder::new()
-                .name(format!("heapwatch-http-{i}"))
-                .spawn(move || worker(&receiver, &context, limits))?;
+            let (queued, done, wake, context, stop) = (
+                Arc::clone(&queued),
+                done.clone(),
+                Arc::clone(&wake),
+                Arc::clone(&context),
+                Arc::clone(&stop),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("heapwatch-http-{i}"))
+                    .spawn(move || work(&queued, &done, &wake, &context, &stop))?,
+            );
         }
-        let acceptor_stop = Arc::clone(&stop);
-        let acceptor = std::thread::Builder::new()
-            .name("heapwatch-http".to_owned())
-            .spawn(move || accept(listener, sender, &acceptor_stop, limits))?;
+        let poller = {
+            let (wake, stop) = (Arc::clone(&wake), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("heapwatch-http".to_owned())
+                .spawn(move || serve(&listener, &wake, &stop, &jobs, &finished, limits))?
+        };
+        threads.insert(0, poller);
         tracing::info!(addr = %local_addr, auth = context.token.is_some(), "heapwatch: serving /metrics and /debug/pprof/heap");
         Ok(Server {
             local_addr,
+            pid: std::process::id(),
             stop,
-            acceptor: Some(acceptor),
+            wake: Some(wake),
+            threads,
+            descriptors,
         })
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept with a connection of our own.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-fn accept(listener: TcpListener, sender: SyncSender<TcpStream>, stop: &AtomicBool, limits: Limits) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        match sender.try_send(stream) {
-            Ok(()) => {}
-            Err(TrySendError::Full(mut stream)) => {
-                let _ = stream.set_write_timeout(Some(limits.write_timeout));
-                let _ = write_response(&mut stream, &plain(503), false);
+        if std::process::id() != self.pid {
+            // A forked child. The threads are the parent's: joining one would wait for a
+            // thread this process does not have, and waking the poller through the shared
+            // socket pair would wake the parent's. Leave every handle unused (neither joined
+            // nor detached: they name threads of another process), and close this process's
+            // copies of the descriptors, which nothing here would ever close otherwise.
+            for thread in self.threads.drain(..) {
+                std::mem::forget(thread);
             }
-            Err(TrySendError::Disconnected(_)) => break,
+            if let Some(wake) = self.wake.take() {
+                std::mem::forget(wake);
+            }
+            for descriptor in self.descriptors.drain(..) {
+                descriptor.close_if_unchanged();
+            }
+            return;
+        }
+        self.stop.store(true, Ordering::Release);
+        if let Some(wake) = &self.wake {
+            wake.wake();
+        }
+        // The poller first: its end drops the job queue, which ends the workers.
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
-    // Dropping the sender ends the workers once the queue is drained.
 }
 
-fn worker(receiver: &Mutex<Receiver<TcpStream>>, context: &Context, limits: Limits) {
+/// A descriptor and the file it referred to when recorded (device and inode), so a forked
+/// child can close its copy without closing whatever may since have taken the same number.
+#[derive(Debug, Clone, Copy)]
+struct Descriptor {
+    fd: RawFd,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
+}
+
+impl Descriptor {
+    fn of(fd: &impl AsRawFd) -> io::Result<Self> {
+        let (dev, ino) = identity(fd.as_raw_fd())?;
+        Ok(Descriptor {
+            fd: fd.as_raw_fd(),
+            dev,
+            ino,
+        })
+    }
+
+    /// Closes the descriptor if it still refers to the file recorded.
+    fn close_if_unchanged(self) {
+        if identity(self.fd).is_ok_and(|found| found == (self.dev, self.ino)) {
+            // SAFETY: the descriptor is open and refers to the socket recorded at start, whose
+            // owner (a thread of the parent's) does not exist in this process: nothing else
+            // here owns or will close this copy.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// The device and inode `fd` refers to.
+fn identity(fd: RawFd) -> io::Result<(libc::dev_t, libc::ino_t)> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes at most one `stat` into the buffer given, which is that large.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it filled the struct in.
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Wakes the poller from poll(2): a byte on a socket pair. Both ends live as long as anyone
+/// may write (the poller, the workers and the `Server` each hold the pair), so a write never
+/// meets a closed reader and never raises SIGPIPE.
+#[derive(Debug)]
+struct Wake {
+    rx: UnixStream,
+    tx: UnixStream,
+}
+
+impl Wake {
+    fn new() -> io::Result<Self> {
+        let (rx, tx) = UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        Ok(Wake { rx, tx })
+    }
+
+    fn wake(&self) {
+        // A full buffer means a wake-up is pending already.
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    fn drain(&self) {
+        let mut buffer = [0u8; 64];
+        while matches!((&self.rx).read(&mut buffer), Ok(n) if n > 0) {}
+    }
+}
+
+/// A request read whole, for a worker to answer.
+struct Job {
+    id: u64,
+    head: Head,
+}
+
+/// A worker's answer to job `id`.
+struct Done {
+    id: u64,
+    response: Response,
+}
+
+fn work(
+    queued: &Mutex<Receiver<Job>>,
+    done: &Sender<Done>,
+    wake: &Wake,
+    context: &Context,
+    stop: &AtomicBool,
+) {
     loop {
-        let next = match receiver.lock() {
-            Ok(receiver) => receiver.recv(),
+        let next = match queued.lock() {
+            Ok(queued) => queued.recv(),
             Err(_) => return,
         };
-        let Ok(mut stream) = next else { return };
+        let Ok(job) = next else { return };
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
         // A panic in a page must not take the worker down with it.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            serve(&mut stream, context, limits)
-        }));
+        let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            respond(
+                context,
+                &job.head.method,
+                &job.head.target,
+                job.head.authorization.as_deref(),
+            )
+        }))
+        .unwrap_or_else(|_| plain(500));
+        if done
+            .send(Done {
+                id: job.id,
+                response,
+            })
+            .is_err()
+        {
+            return;
+        }
+        wake.wake();
     }
 }
 
@@ -210,71 +369,456 @@ struct Head {
     content_length: usize,
 }
 
-fn serve(stream: &mut TcpStream, context: &Context, limits: Limits) {
-    let _ = stream.set_read_timeout(Some(limits.read_timeout));
-    let _ = stream.set_write_timeout(Some(limits.write_timeout));
-    let deadline = Instant::now() + limits.read_timeout;
-    // One buffered reader for the head and the body, bounded to what may legally arrive.
-    let allowed = (limits.max_header_bytes + limits.max_body_bytes + 1) as u64;
-    let mut reader = BufReader::new((&*stream).take(allowed));
-    let response = match read_head(&mut reader, limits, deadline) {
-        Ok(head) if head.content_length > limits.max_body_bytes => plain(413),
-        Ok(head) => {
-            let mut body = vec![0u8; head.content_length];
-            if reader.read_exact(&mut body).is_err() {
-                plain(400)
-            } else {
-                let head_only = head.method == "HEAD";
-                let response = respond(
-                    context,
-                    &head.method,
-                    &head.target,
-                    head.authorization.as_deref(),
-                );
-                let _ = write_response(stream, &response, head_only);
-                return;
-            }
-        }
-        Err(status) => plain(status),
-    };
-    let _ = write_response(stream, &response, false);
+/// One client connection and where its exchange stands.
+struct Conn {
+    id: u64,
+    stream: TcpStream,
+    state: State,
+    /// When the current stage must be over: receiving the request, or sending the answer.
+    /// `None` while a worker renders (bounded by the queue, not by the client).
+    deadline: Option<Instant>,
 }
 
-/// Reads the request line and headers; an HTTP status on failure.
-fn read_head(reader: &mut impl BufRead, limits: Limits, deadline: Instant) -> Result<Head, u16> {
-    let mut head = Vec::with_capacity(1024);
-    loop {
-        if Instant::now() > deadline {
-            return Err(408);
+enum State {
+    /// Receiving the request.
+    Reading(Incoming),
+    /// A worker renders the answer; for HEAD, only its head is to be sent.
+    Rendering { head_only: bool },
+    /// The answer's head and body; `sent` counts bytes of both, head first.
+    Writing {
+        head: Vec<u8>,
+        body: Vec<u8>,
+        sent: usize,
+    },
+    /// Finished: removed at the end of the round.
+    Closed,
+}
+
+/// Everything the poller works with besides the connections.
+struct Poller<'a> {
+    jobs: &'a SyncSender<Job>,
+    limits: Limits,
+    now: Instant,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Reads what the client sent, or sends more of the answer, as the state asks.
+    fn progress(&mut self, poller: &Poller) {
+        match self.state {
+            State::Reading(_) => self.receive(poller),
+            State::Writing { .. } => self.send(),
+            State::Rendering { .. } | State::Closed => {}
         }
-        let before = head.len();
-        let budget = (limits.max_header_bytes + 1).saturating_sub(head.len()) as u64;
-        match reader.by_ref().take(budget).read_until(b'\n', &mut head) {
-            Ok(0) if head.len() > limits.max_header_bytes => return Err(431),
-            Ok(0) => return Err(400),
-            Ok(_) => {}
+    }
+
+    fn receive(&mut self, poller: &Poller) {
+        let State::Reading(incoming) = &mut self.state else {
+            return;
+        };
+        let limits = poller.limits;
+        // Room for the longest request allowed and one byte more, which tells it was too long.
+        let room = (limits.max_header_bytes + limits.max_body_bytes + 1)
+            .saturating_sub(incoming.received.len());
+        let mut chunk = [0u8; 4096];
+        let ended = match (&self.stream).read(&mut chunk[..room.min(4096)]) {
+            Ok(0) => true,
+            Ok(n) => {
+                incoming.received.extend_from_slice(&chunk[..n]);
+                false
+            }
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) =>
             {
-                return Err(408)
+                return
             }
-            Err(_) => return Err(400),
-        }
-        if head.len() > limits.max_header_bytes {
-            return Err(431);
-        }
-        let line = &head[before..];
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if !line.ends_with(b"\n") {
-            return Err(400);
+            // Reset by the client: nobody to answer.
+            Err(_) => {
+                self.state = State::Closed;
+                return;
+            }
+        };
+        match incoming.check(limits, ended) {
+            Ok(None) => {}
+            Ok(Some(head)) => self.dispatch(head, poller),
+            Err(status) => self.answer(plain(status), false, poller),
         }
     }
-    parse_head(&head).ok_or(400)
+
+    fn dispatch(&mut self, head: Head, poller: &Poller) {
+        let head_only = head.method == "HEAD";
+        match poller.jobs.try_send(Job { id: self.id, head }) {
+            Ok(()) => {
+                self.state = State::Rendering { head_only };
+                self.deadline = None;
+            }
+            Err(TrySendError::Full(_)) => self.answer(plain(503), false, poller),
+            Err(TrySendError::Disconnected(_)) => self.state = State::Closed,
+        }
+    }
+
+    /// Starts sending `response`, under the write deadline.
+    fn answer(&mut self, response: Response, head_only: bool, poller: &Poller) {
+        let head = response_head(&response);
+        let body = if head_only { Vec::new() } else { response.body };
+        self.state = State::Writing {
+            head,
+            body,
+            sent: 0,
+        };
+        self.deadline = Some(poller.now + poller.limits.write_timeout);
+        // Most answers fit the socket's buffer and go at once.
+        self.send();
+    }
+
+    fn send(&mut self) {
+        let State::Writing { head, body, sent } = &mut self.state else {
+            return;
+        };
+        loop {
+            let rest = match sent.checked_sub(head.len()) {
+                None => &head[*sent..],
+                Some(into_body) => &body[into_body..],
+            };
+            if rest.is_empty() {
+                let _ = self.stream.shutdown(Shutdown::Write);
+                self.state = State::Closed;
+                return;
+            }
+            match (&self.stream).write(rest) {
+                Ok(n) if n > 0 => *sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(_) | Err(_) => {
+                    self.state = State::Closed;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends the exchange early, at its deadline or to make room: a client still sending its
+    /// request is answered 408 (one write that cannot block), one not taking its answer is
+    /// reset, which also discards what the kernel still holds for it.
+    fn cut(&mut self, poller: &Poller) {
+        if matches!(self.state, State::Reading(_)) {
+            self.answer(plain(408), false, poller);
+        }
+        if matches!(self.state, State::Writing { .. }) {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live `linger`; the
+            // descriptor is this connection's, open until the stream is dropped.
+            unsafe {
+                libc::setsockopt(
+                    self.stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+        self.state = State::Closed;
+    }
+}
+
+/// A request being received.
+#[derive(Default)]
+struct Incoming {
+    received: Vec<u8>,
+    /// Where the line being received starts, and how far it has been searched for its end:
+    /// each byte is scanned once, however slowly the head arrives.
+    line_start: usize,
+    searched: usize,
+    /// The head and its length in bytes, once it has all come.
+    head: Option<(Head, usize)>,
+}
+
+impl Incoming {
+    /// Where the request stands after more bytes came (`ended`: the client will send no
+    /// more): its head once head and body are whole, `None` while more must come, or the
+    /// status to refuse it with.
+    fn check(&mut self, limits: Limits, ended: bool) -> Result<Option<Head>, u16> {
+        if self.head.is_none() {
+            match self.head_end() {
+                Some(len) if len > limits.max_header_bytes => return Err(431),
+                Some(len) => {
+                    let head = parse_head(&self.received[..len]).ok_or(400u16)?;
+                    if head.content_length > limits.max_body_bytes {
+                        return Err(413);
+                    }
+                    self.head = Some((head, len));
+                }
+                None if self.received.len() > limits.max_header_bytes => return Err(431),
+                None if ended => return Err(400),
+                None => return Ok(None),
+            }
+        }
+        let whole = self
+            .head
+            .as_ref()
+            .is_some_and(|(head, len)| self.received.len() >= len + head.content_length);
+        if whole {
+            Ok(self.head.take().map(|(head, _)| head))
+        } else if ended {
+            Err(400)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The length of the head, up to and including the empty line that ends it, once it has
+    /// all come.
+    fn head_end(&mut self) -> Option<usize> {
+        loop {
+            let line = &self.received[self.line_start..];
+            if line.starts_with(b"\r\n") {
+                return Some(self.line_start + 2);
+            }
+            if line.starts_with(b"\n") {
+                return Some(self.line_start + 1);
+            }
+            let from = self.searched.max(self.line_start);
+            match self.received[from..].iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    self.line_start = from + at + 1;
+                    self.searched = self.line_start;
+                }
+                None => {
+                    self.searched = self.received.len();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Pauses accepting after an error. At the descriptor limit (EMFILE, ENFILE) or short of
+/// memory, accept fails at once for as long as the condition lasts, and retrying at once
+/// spins a core; clients wait in the listen backlog meanwhile.
+#[derive(Debug, Default)]
+struct Backoff {
+    pause: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// 5 ms, doubling to 1 s: short enough that a passing shortage costs little, long enough
+    /// that a lasting one costs nothing; a second at most to notice descriptors freed.
+    const FIRST: Duration = Duration::from_millis(5);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    fn ready(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+
+    /// When accepting resumes, if that is still to come.
+    fn resumes(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|&until| until > now)
+    }
+
+    fn failed(&mut self, now: Instant, error: &io::Error) {
+        if self.pause.is_none() {
+            tracing::warn!(%error, "heapwatch: accepting a connection failed; pausing, 5 ms doubling to 1 s, until one succeeds");
+        }
+        let pause = self
+            .pause
+            .map_or(Self::FIRST, |pause| (pause * 2).min(Self::LONGEST));
+        self.pause = Some(pause);
+        self.until = Some(now + pause);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// The poller: accepts, reads requests, hands them to the workers, and writes the answers,
+/// until `stop`.
+fn serve(
+    listener: &TcpListener,
+    wake: &Wake,
+    stop: &AtomicBool,
+    jobs: &SyncSender<Job>,
+    finished: &Receiver<Done>,
+    limits: Limits,
+) {
+    let max_connections = limits.max_connections.max(1);
+    let mut conns: Vec<Conn> = Vec::with_capacity(max_connections);
+    let mut polled: Vec<libc::pollfd> = Vec::with_capacity(max_connections + 2);
+    // `owners[k]` is the connection of `polled[k + 2]`.
+    let mut owners: Vec<usize> = Vec::with_capacity(max_connections);
+    let mut accepting = Backoff::default();
+    let mut next_id = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let mut poller = Poller {
+            jobs,
+            limits,
+            now: Instant::now(),
+        };
+        for conn in &mut conns {
+            if conn.deadline.is_some_and(|deadline| deadline <= poller.now) {
+                conn.cut(&poller);
+            }
+        }
+        conns.retain(|conn| !conn.is_closed());
+
+        let listening = accepting.ready(poller.now);
+        polled.clear();
+        owners.clear();
+        polled.push(pollfd(wake.rx.as_raw_fd(), libc::POLLIN));
+        // A negative descriptor is skipped by poll(2): paused, the listener is not watched.
+        polled.push(pollfd(
+            if listening { listener.as_raw_fd() } else { -1 },
+            libc::POLLIN,
+        ));
+        for (i, conn) in conns.iter().enumerate() {
+            let events = match conn.state {
+                State::Reading(_) => libc::POLLIN,
+                State::Writing { .. } => libc::POLLOUT,
+                State::Rendering { .. } | State::Closed => continue,
+            };
+            polled.push(pollfd(conn.stream.as_raw_fd(), events));
+            owners.push(i);
+        }
+        let next_deadline = conns
+            .iter()
+            .filter_map(|conn| conn.deadline)
+            .chain(accepting.resumes(poller.now))
+            .min();
+        if let Err(error) = poll(&mut polled, timeout_ms(next_deadline, poller.now)) {
+            if error.kind() != io::ErrorKind::Interrupted {
+                // Not expected (EINVAL: a descriptor limit below the table's size); a pause
+                // keeps a lasting failure from spinning.
+                tracing::debug!(%error, "heapwatch: poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+
+        poller.now = Instant::now();
+        if polled[0].revents != 0 {
+            wake.drain();
+        }
+        while let Ok(done) = finished.try_recv() {
+            if let Some(conn) = conns.iter_mut().find(|conn| conn.id == done.id) {
+                let head_only = matches!(conn.state, State::Rendering { head_only: true });
+                conn.answer(done.response, head_only, &poller);
+            }
+        }
+        for (k, &i) in owners.iter().enumerate() {
+            if polled[k + 2].revents != 0 {
+                conns[i].progress(&poller);
+            }
+        }
+        if listening && polled[1].revents != 0 {
+            // At most a table's worth per round, so the others are served during a flood.
+            for _ in 0..max_connections {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => {
+                        accepting.failed(poller.now, &e);
+                        break;
+                    }
+                };
+                accepting.succeeded();
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let open = conns.iter().filter(|conn| !conn.is_closed()).count();
+                if open >= max_connections && !make_room(&mut conns, &poller) {
+                    refuse(&stream);
+                    continue;
+                }
+                conns.push(Conn {
+                    id: next_id,
+                    stream,
+                    state: State::Reading(Incoming::default()),
+                    deadline: Some(poller.now + limits.read_timeout),
+                });
+                next_id += 1;
+            }
+        }
+        conns.retain(|conn| !conn.is_closed());
+    }
+}
+
+/// Cuts the open connection nearest its deadline, of those a worker does not hold: the
+/// slowest client still sending its request or taking its answer. False when every
+/// connection waits for a worker.
+fn make_room(conns: &mut [Conn], poller: &Poller) -> bool {
+    let victim = conns
+        .iter_mut()
+        .filter(|conn| !conn.is_closed() && conn.deadline.is_some())
+        .min_by_key(|conn| conn.deadline);
+    match victim {
+        Some(victim) => {
+            victim.cut(poller);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Answers 503 to a connection there is no room for, with one write that cannot block (the
+/// socket is non-blocking, and a short answer fits its empty buffer), and closes it.
+fn refuse(stream: &TcpStream) {
+    let response = plain(503);
+    let mut answer = response_head(&response);
+    answer.extend_from_slice(&response.body);
+    let _ = (&*stream).write(&answer);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Waits for any of `fds` to be ready, or `timeout_ms` (-1: no limit).
+fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<()> {
+    // SAFETY: `fds` is a live, exclusively borrowed slice of `fds.len()` pollfd structs; poll(2)
+    // reads their `fd` and `events` and writes their `revents`, within the slice and during
+    // the call only.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ready < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The poll(2) timeout until `at`, rounded up so the deadline has passed when poll returns
+/// (rounded down, a wait of under a millisecond would be 0 and spin until the deadline).
+fn timeout_ms(at: Option<Instant>, now: Instant) -> libc::c_int {
+    match at {
+        None => -1,
+        Some(at) => {
+            let millis = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+            libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX)
+        }
+    }
 }
 
 fn parse_head(raw: &[u8]) -> Option<Head> {
@@ -312,7 +856,8 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
     })
 }
 
-fn write_response(stream: &mut TcpStream, response: &Response, head_only: bool) -> io::Result<()> {
+/// The status line and headers of `response`, with the blank line that ends them.
+fn response_head(response: &Response) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         response.status,
@@ -330,13 +875,7 @@ fn write_response(stream: &mut TcpStream, response: &Response, head_only: bool) 
         head.push_str(&format!("Content-Disposition: {disposition}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    if !head_only {
-        stream.write_all(&response.body)?;
-    }
-    stream.flush()?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    head.into_bytes()
 }
 
 #[cfg(test)]
