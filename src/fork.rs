@@ -5,8 +5,9 @@
 //! handler also forgets the parent's watch thread, which does not exist in the child.
 //!
 //! **Order.** Locks are taken outermost first, as the code nests them: the leak checks' rate
-//! lock, the plumbing list, the watch's published state, the detector's, the symbolizer, and
-//! the live-sample table last (code holding any of the others may allocate, and so take the
+//! lock, the plumbing list, the metrics renderer (it reads the watch's and the detector's state
+//! and the table), the watch's published state, the detector's, the symbolizer, and the
+//! live-sample table last (code holding any of the others may allocate, and so take the
 //! table; nothing holding the table takes another). A forking thread therefore waits only for
 //! holders to finish, and holders never wait for it.
 //!
@@ -44,6 +45,8 @@ static OWNER: AtomicUsize = AtomicUsize::new(0);
 struct Held {
     _leak_checks: crate::leak_check::ForkLock,
     _plumbing: crate::plumbing::ForkLock,
+    #[cfg(feature = "http")]
+    _metrics: crate::http::ForkLock,
     watch: crate::watch::ForkLock,
     detector: crate::detect::ForkLock,
     _symbolizer: crate::symbolize::ForkLock,
@@ -117,6 +120,8 @@ extern "C" fn prepare() {
         let held = Held {
             _leak_checks: crate::leak_check::lock_for_fork(),
             _plumbing: crate::plumbing::lock_for_fork(),
+            #[cfg(feature = "http")]
+            _metrics: crate::http::lock_for_fork(),
             watch: crate::watch::lock_for_fork(),
             detector: crate::detect::lock_for_fork(),
             _symbolizer: crate::symbolize::lock_for_fork(),

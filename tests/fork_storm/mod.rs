@@ -1,9 +1,10 @@
 //! Forks hundreds of times while other threads allocate at sample rate 1 (so they hold
-//! heapwatch's table lock most of the time), in every stack-capture mode, from the main thread
-//! and from a spawned one, while another thread names profiles. Each child allocates (sampled), frees a block its parent sampled,
-//! names a profile now and then, and exits. A child that has not exited within
-//! [`CHILD_DEADLINE`] is hung: it is killed and counted. The run passes with zero hung
-//! children and every child exiting 0.
+//! heapwatch's table lock most of the time), name profiles (the symbolizer's lock) and render
+//! metrics (the recorder's locks), in every stack-capture mode, from the main thread and from a
+//! spawned one. Each child allocates (sampled), frees a block its parent sampled, renders the
+//! metrics, names a profile now and then, and exits. A child that has not exited within
+//! [`CHILD_DEADLINE`] is hung: it is killed and counted (with gdb's backtrace when gdb is
+//! installed). The run passes with zero hung children and every child exiting 0.
 //!
 //! Shared by `hostile_fork.rs` (over `System`) and `hostile_fork_jemalloc.rs` (over
 //! jemalloc): a test binary has one global allocator.
@@ -64,6 +65,11 @@ fn storm() -> Outcome {
         .collect();
     let namer_stop = Arc::clone(&stop);
     churners.push(std::thread::spawn(move || name_profiles(&namer_stop)));
+    #[cfg(feature = "http")]
+    {
+        let renderer_stop = Arc::clone(&stop);
+        churners.push(std::thread::spawn(move || render_metrics(&renderer_stop)));
+    }
     // A block the parent sampled, for the children to free.
     let inherited = vec![7u8; 4096];
     let mut outcome = Outcome::default();
@@ -121,6 +127,14 @@ fn name_profiles(stop: &AtomicBool) {
     }
 }
 
+/// Renders `/metrics` until told to stop: holds the metrics registry's locks.
+#[cfg(feature = "http")]
+fn render_metrics(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        black_box(heapwatch::http::render_metrics());
+    }
+}
+
 enum Child {
     Exited(i32),
     Hung,
@@ -158,6 +172,10 @@ fn child_body(inherited_ptr: usize, symbolize: bool) -> i32 {
         if profile.total(heapwatch::SampleType::InuseSpace) <= 0 {
             return 3;
         }
+    }
+    #[cfg(feature = "http")]
+    if !heapwatch::http::render_metrics().contains("heapwatch_heap_live_bytes") {
+        return 5;
     }
     let stats = heapwatch::profiler_stats();
     i32::from(stats.live_samples == 0) * 4
