@@ -95,7 +95,10 @@ pub use sampler::{
 };
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
 pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};
-pub use symbolize::{set_source_lines, symbolize_with_binary, warm_symbol_cache, SymbolizeError};
+pub use symbolize::{
+    set_source_lines, symbolize_with_binary, symbolize_with_binary_within, warm_symbol_cache,
+    SymbolizeError,
+};
 pub use table::{profiler_stats, ProfilerStats};
 
 /// jemalloc as an inner allocator: `heapwatch::Alloc<heapwatch::Jemalloc>`.

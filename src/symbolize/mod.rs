@@ -13,7 +13,7 @@
 mod elf;
 pub(crate) mod modules;
 mod offline;
-pub use offline::{symbolize_with_binary, SymbolizeError};
+pub use offline::{symbolize_with_binary, symbolize_with_binary_within, SymbolizeError};
 
 #[cfg(feature = "dwarf")]
 mod debug_file;

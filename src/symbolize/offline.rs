@@ -23,6 +23,18 @@ pub enum SymbolizeError {
     /// The profile has no mapping that this binary could be.
     #[error("no mapping in the profile matches {0} (by build id or file name)")]
     NoMatchingMapping(String),
+    /// Naming the profile would add more names than allowed (see
+    /// [`symbolize_with_binary_within`]): a profile of very many locations.
+    #[error(
+        "naming the profile would add more than {} of names, the limit (after naming {named} locations)",
+        crate::encode::human_bytes(i64::try_from(*limit).unwrap_or(i64::MAX))
+    )]
+    TooManyNames {
+        /// The limit, in bytes.
+        limit: u64,
+        /// Locations named before it was reached.
+        named: usize,
+    },
 }
 
 /// Names the locations of `profile` that lie in `binary`'s mapping (matched by GNU build id,
@@ -35,6 +47,19 @@ pub enum SymbolizeError {
 pub fn symbolize_with_binary(
     profile: &mut Profile,
     binary: &Path,
+) -> Result<usize, SymbolizeError> {
+    symbolize_with_binary_within(profile, binary, u64::MAX)
+}
+
+/// [`symbolize_with_binary`], adding at most `max_name_bytes` of names — each line's function,
+/// raw and file names, with the line itself — or failing with [`SymbolizeError::TooManyNames`]
+/// (the profile then partly named). Every location gets its own copy of its names, so a
+/// hostile profile of many locations in one long-named function would otherwise be named
+/// into gigabytes; `heapwatch symbolize` passes its decode limit.
+pub fn symbolize_with_binary_within(
+    profile: &mut Profile,
+    binary: &Path,
+    max_name_bytes: u64,
 ) -> Result<usize, SymbolizeError> {
     let shown = binary.display().to_string();
     let bytes = std::fs::read(binary).map_err(|source| SymbolizeError::Read {
@@ -100,12 +125,18 @@ pub fn symbolize_with_binary(
     if matches.is_empty() {
         return Err(SymbolizeError::NoMatchingMapping(shown));
     }
+    // Indexed by mapping: a hostile profile may have as many mappings as locations.
+    let mut is_match = vec![false; profile.mappings.len()];
+    for &m in &matches {
+        is_match[m] = true;
+    }
     let mut named = 0;
+    let mut name_bytes = 0u64;
     for location in profile.locations.iter_mut() {
         if !has_dwarf && !location.lines.is_empty() {
             continue;
         }
-        let Some(mapping) = location.mapping.filter(|m| matches.contains(m)) else {
+        let Some(mapping) = location.mapping.filter(|&m| is_match.get(m) == Some(&true)) else {
             continue;
         };
         let mapping = &profile.mappings[mapping];
@@ -143,6 +174,20 @@ pub fn symbolize_with_binary(
             _ => {}
         }
         if !lines.is_empty() {
+            name_bytes = lines.iter().fold(name_bytes, |sum, line| {
+                sum.saturating_add(
+                    (std::mem::size_of::<Line>()
+                        + line.function.len()
+                        + line.system_name.len()
+                        + line.file.as_ref().map_or(0, String::len)) as u64,
+                )
+            });
+            if name_bytes > max_name_bytes {
+                return Err(SymbolizeError::TooManyNames {
+                    limit: max_name_bytes,
+                    named,
+                });
+            }
             location.lines = lines;
             named += 1;
         }

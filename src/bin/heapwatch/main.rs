@@ -5,7 +5,7 @@
 mod timeline;
 
 use clap::{Parser, Subcommand};
-use heapwatch::decode::read_pprof;
+use heapwatch::decode::{read_pprof_from, DecodeLimits, DEFAULT_DECODE_LIMIT};
 use heapwatch::{Profile, SampleType};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,32 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "heapwatch", version, about, long_about = None)]
 struct Cli {
+    /// The most a profile may take uncompressed, and the most memory it may take decoded, e.g.
+    /// 256MiB (default 64MiB, or HEAPWATCH_DECODE_LIMIT). A larger profile is refused with an
+    /// error that says so: the bound that keeps a hostile file from exhausting memory.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    decode_limit: Option<u64>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the decode limit can be set when the flag is not given.
+const DECODE_LIMIT_VAR: &str = "HEAPWATCH_DECODE_LIMIT";
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    heapwatch::watch::parse_bytes(text)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size such as 64MiB or 1GiB"))
+}
+
+/// The decode limit: the flag's, else the environment's, else the default.
+fn decode_limits(flag: Option<u64>) -> Result<DecodeLimits, String> {
+    let bytes = match (flag, std::env::var(DECODE_LIMIT_VAR)) {
+        (Some(bytes), _) => bytes,
+        (None, Ok(text)) => parse_size(&text).map_err(|e| format!("{DECODE_LIMIT_VAR}: {e}"))?,
+        (None, Err(_)) => DEFAULT_DECODE_LIMIT,
+    };
+    Ok(DecodeLimits::new(bytes))
 }
 
 #[derive(Subcommand)]
@@ -49,7 +73,8 @@ enum Command {
         #[arg(long, default_value = "inuse_space")]
         sample: SampleType,
     },
-    /// A differential flamegraph of NEW against BASE, and the top growers in text.
+    /// A differential flamegraph of NEW against BASE, and the top growers in text. Each
+    /// profile may take half the decode limit.
     Diff {
         /// The earlier profile.
         base: PathBuf,
@@ -92,7 +117,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match decode_limits(cli.decode_limit).and_then(|limits| run(cli.command, &limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             // One line, whatever went wrong.
@@ -106,16 +131,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), String> {
+fn run(command: Command, limits: &DecodeLimits) -> Result<(), String> {
     match command {
         Command::Ls { dir } => ls(&dir),
-        Command::Top { file, n, sample } => top(&file, n, sample),
+        Command::Top { file, n, sample } => top(&file, n, sample, limits),
         Command::Flamegraph {
             file,
             output,
             sample,
         } => {
-            let profile = load_with_samples(&file, sample)?;
+            let profile = load_with_samples(&file, sample, limits)?;
             write_file(&output, |out| {
                 heapwatch::encode::write_flamegraph(&profile, sample, &title(&file), out)
             })?;
@@ -128,7 +153,7 @@ fn run(command: Command) -> Result<(), String> {
             output,
             sample,
             n,
-        } => diff(&base, &new, &output, sample, n),
+        } => diff(&base, &new, &output, sample, n, limits),
         Command::Timeline { dir, output } => {
             let chart = timeline::render(&dir)?;
             std::fs::write(&output, chart)
@@ -141,9 +166,21 @@ fn run(command: Command) -> Result<(), String> {
             binary,
             output,
         } => {
-            let mut profile = load(&file)?;
-            let named = heapwatch::symbolize_with_binary(&mut profile, &binary)
-                .map_err(|e| e.to_string())?;
+            let mut profile = load(&file, limits)?;
+            // The names it adds are bounded like the profile itself: a hostile profile of many
+            // locations in one function would otherwise be named into gigabytes.
+            let named = heapwatch::symbolize_with_binary_within(
+                &mut profile,
+                &binary,
+                limits.max_decoded_bytes,
+            )
+            .map_err(|e| match e {
+                e @ heapwatch::SymbolizeError::TooManyNames { .. } => format!(
+                    "{}: {e}; raise the limit with --decode-limit SIZE or {DECODE_LIMIT_VAR}",
+                    file.display()
+                ),
+                e => e.to_string(),
+            })?;
             let output = output.unwrap_or_else(|| {
                 let name = file
                     .file_name()
@@ -159,14 +196,28 @@ fn run(command: Command) -> Result<(), String> {
     }
 }
 
-fn load(file: &Path) -> Result<Profile, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    read_pprof(&bytes).map_err(|e| format!("{}: {e}", file.display()))
+/// Reads a profile within `limits`, inflating as it reads: a hostile file is refused before it
+/// takes more memory than the limits allow.
+fn load(file: &Path, limits: &DecodeLimits) -> Result<Profile, String> {
+    let cannot_read = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", file.display());
+    let reader = std::fs::File::open(file).map_err(|e| cannot_read(&e))?;
+    read_pprof_from(reader, limits).map_err(|e| match e {
+        heapwatch::decode::DecodeError::Read(e) => cannot_read(&e),
+        e if e.is_limit() => format!(
+            "{}: {e}; raise the limit with --decode-limit SIZE or {DECODE_LIMIT_VAR}",
+            file.display()
+        ),
+        e => format!("{}: {e}", file.display()),
+    })
 }
 
 /// Loads a profile that must have some `sample` values.
-fn load_with_samples(file: &Path, sample: SampleType) -> Result<Profile, String> {
-    let profile = load(file)?;
+fn load_with_samples(
+    file: &Path,
+    sample: SampleType,
+    limits: &DecodeLimits,
+) -> Result<Profile, String> {
+    let profile = load(file, limits)?;
     if profile.samples.iter().all(|s| s.value(sample) == 0) {
         return Err(format!(
             "{}: the profile has no {} samples",
@@ -213,8 +264,8 @@ fn format_value(value: i64, sample: SampleType) -> String {
     }
 }
 
-fn top(file: &Path, n: usize, sample: SampleType) -> Result<(), String> {
-    let profile = load_with_samples(file, sample)?;
+fn top(file: &Path, n: usize, sample: SampleType, limits: &DecodeLimits) -> Result<(), String> {
+    let profile = load_with_samples(file, sample, limits)?;
     let total = profile.total(sample);
     let rows = profile.top_functions(sample);
     let pct = |v: i64| {
@@ -257,22 +308,44 @@ fn diff(
     output: &Path,
     sample: SampleType,
     n: usize,
+    limits: &DecodeLimits,
 ) -> Result<(), String> {
-    let before = load(base)?;
-    let after = load(new)?;
+    // Two profiles are held at once, and their stacks are copied as text several times over
+    // (inferno's differential keeps both sides, then writes the result): each profile gets
+    // half the decoded limit, so a diff stays within what `top` or `flamegraph` take.
+    let each = DecodeLimits {
+        max_decoded_bytes: limits.max_decoded_bytes / 2,
+        ..*limits
+    };
+    let half = |e: String| format!("{e} (diff gives each profile half the limit)");
+    let before = load(base, &each).map_err(half)?;
+    let after = load(new, &each).map_err(half)?;
     if before.samples.is_empty() && after.samples.is_empty() {
         return Err("both profiles have no samples".to_owned());
     }
-    let before_lines = heapwatch::encode::folded_lines(&before, sample);
-    let after_lines = heapwatch::encode::folded_lines(&after, sample);
+    let flat = |profile: &Profile| -> std::collections::HashMap<String, i64> {
+        profile
+            .top_functions(sample)
+            .into_iter()
+            .map(|f| (f.function, f.flat))
+            .collect()
+    };
+    let (old, new_flat) = (flat(&before), flat(&after));
+    let totals = (before.total(sample), after.total(sample));
+    // Each profile as folded text, the profile and its lines freed as soon as it is made.
+    let folded_text =
+        |profile: Profile| heapwatch::encode::folded_lines(&profile, sample).join("\n");
+    let before_text = folded_text(before);
+    let after_text = folded_text(after);
     let mut folded = Vec::new();
     inferno::differential::from_readers(
         inferno::differential::Options::default(),
-        before_lines.join("\n").as_bytes(),
-        after_lines.join("\n").as_bytes(),
+        before_text.as_bytes(),
+        after_text.as_bytes(),
         &mut folded,
     )
     .map_err(|e| e.to_string())?;
+    drop((before_text, after_text));
     if folded.is_empty() {
         folded.extend_from_slice(b"[no samples] 0 0\n");
     }
@@ -284,14 +357,6 @@ fn diff(
         inferno::flamegraph::from_reader(&mut options, &folded[..], out)
     })?;
 
-    let flat = |profile: &Profile| -> std::collections::HashMap<String, i64> {
-        profile
-            .top_functions(sample)
-            .into_iter()
-            .map(|f| (f.function, f.flat))
-            .collect()
-    };
-    let (old, new_flat) = (flat(&before), flat(&after));
     let mut growers: Vec<(String, i64, i64)> = new_flat
         .iter()
         .map(|(f, &now)| (f.clone(), now - old.get(f).copied().unwrap_or(0), now))
@@ -301,8 +366,8 @@ fn diff(
     println!(
         "{}: {} → {}",
         sample.name(),
-        format_value(before.total(sample), sample),
-        format_value(after.total(sample), sample)
+        format_value(totals.0, sample),
+        format_value(totals.1, sample)
     );
     println!("{:>10} {:>10}  function (top growers)", "grew", "now");
     for (function, grown, now) in growers.iter().take(n) {
