@@ -1,5 +1,6 @@
 //! Fork safety over `System`: see `fork_storm`.
 
+mod common;
 mod fork_storm;
 
 #[global_allocator]

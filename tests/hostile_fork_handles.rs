@@ -37,7 +37,7 @@ fn main() {
         return;
     }
 
-    let code = wait_with_deadline(pid, Duration::from_secs(60));
+    let code = common::wait_for_child(pid, Duration::from_secs(60), |_| {});
     assert_eq!(
         code,
         Some(0),
@@ -120,31 +120,6 @@ fn wait_for_reading() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while heapwatch::watch::last_reading().is_none() {
         assert!(Instant::now() < deadline, "no watch reading within 30 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The child's exit code, or `None` if it had not exited by `deadline` (it is then killed).
-fn wait_with_deadline(pid: libc::pid_t, deadline: Duration) -> Option<i32> {
-    let started = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for our own child; `status` is a valid out-pointer.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            return Some(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
-        }
-        if started.elapsed() > deadline {
-            // SAFETY: signals and reaps our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return None;
-        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }

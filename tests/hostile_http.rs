@@ -438,41 +438,6 @@ fn emfile_child() {
     drop(server);
 }
 
-/// Waits up to `within` for the child `pid` to end: its exit status, or `None` (having killed
-/// it) when it did not.
-fn wait_for_child(pid: libc::pid_t, within: Duration) -> Option<i32> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
-    assert!(
-        pidfd >= 0,
-        "pidfd_open: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut ready = libc::pollfd {
-        fd: pidfd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, borrowed for the call.
-    let polled = unsafe { libc::poll(&mut ready, 1, within.as_millis() as libc::c_int) };
-    // SAFETY: pidfd is ours and closed once; kill and waitpid act on our own child.
-    unsafe {
-        libc::close(pidfd);
-        if polled != 1 {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        let mut status = 0;
-        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-        (polled == 1).then(|| {
-            if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            }
-        })
-    }
-}
-
 /// A forked child drops the listener it inherited (whose threads exist only in the parent),
 /// starts its own and gets `/metrics` from it, and exits 0; the parent's listener still
 /// answers.
@@ -497,7 +462,7 @@ fn a_forked_child_drops_the_inherited_server() {
         // SAFETY: ends the child at once, without running the parent's exit handlers twice.
         unsafe { libc::_exit(if passed { 0 } else { 1 }) }
     }
-    let status = wait_for_child(pid, Duration::from_secs(10));
+    let status = common::wait_for_child(pid, Duration::from_secs(10), |_| {});
     assert_eq!(
         status,
         Some(0),

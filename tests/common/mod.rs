@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: the crate's example binaries and `go tool pprof`.
+//! Helpers shared by the integration tests: the crate's example binaries, `go tool pprof`, and
+//! waiting for a forked child.
 
 #![allow(dead_code)]
 
@@ -238,4 +239,46 @@ pub fn objcopy(flags: &[&str], input: &Path, output: &Path) {
         input.display(),
         String::from_utf8_lossy(&result.stderr)
     );
+}
+
+/// Waits up to `within` for the child `pid` to end: its exit status (128 + the signal if a signal
+/// ended it), or `None` when it did not end in time; `on_hang` then runs (to say where the child
+/// waits, say) before the child is killed and reaped.
+pub fn wait_for_child(
+    pid: libc::pid_t,
+    within: std::time::Duration,
+    on_hang: impl FnOnce(libc::pid_t),
+) -> Option<i32> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut ready = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = within.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, borrowed for the call.
+    let polled = unsafe { libc::poll(&mut ready, 1, millis) };
+    // SAFETY: pidfd is ours and closed once.
+    unsafe { libc::close(pidfd) };
+    if polled != 1 {
+        on_hang(pid);
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    (polled == 1).then(|| {
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        }
+    })
 }

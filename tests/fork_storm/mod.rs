@@ -13,7 +13,7 @@ use heapwatch::StackCapture;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Forks per capture mode (half from the main thread, half from a spawned one).
 const FORKS_PER_MODE: usize = 240;
@@ -151,7 +151,13 @@ fn fork_and_wait(inherited_ptr: usize, symbolize: bool) -> Child {
         // SAFETY: ends the child at once; nothing of the parent's state is torn down.
         unsafe { libc::_exit(code) };
     }
-    wait_with_deadline(pid)
+    match crate::common::wait_for_child(pid, CHILD_DEADLINE, |pid| {
+        eprintln!("child {pid} hung; killing it");
+        print_stack(pid);
+    }) {
+        Some(code) => Child::Exited(code),
+        None => Child::Hung,
+    }
 }
 
 fn child_body(inherited_ptr: usize, symbolize: bool) -> i32 {
@@ -179,33 +185,6 @@ fn child_body(inherited_ptr: usize, symbolize: bool) -> i32 {
     }
     let stats = heapwatch::profiler_stats();
     i32::from(stats.live_samples == 0) * 4
-}
-
-fn wait_with_deadline(pid: libc::pid_t) -> Child {
-    let started = Instant::now();
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for our own child; `status` is a valid out-pointer.
-        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if done == pid {
-            return if libc::WIFEXITED(status) {
-                Child::Exited(libc::WEXITSTATUS(status))
-            } else {
-                Child::Exited(128 + libc::WTERMSIG(status))
-            };
-        }
-        if started.elapsed() > CHILD_DEADLINE {
-            eprintln!("child {pid} hung; killing it");
-            print_stack(pid);
-            // SAFETY: signals and reaps our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return Child::Hung;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Where a hung child waits, for the test log: gdb's backtrace if gdb is installed.
