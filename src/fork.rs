@@ -6,8 +6,9 @@
 //!
 //! **Order.** Locks are taken outermost first, as the code nests them: the leak checks' rate
 //! lock, the plumbing list, the metrics renderer (it reads the watch's and the detector's state
-//! and the table), the watch's published state, the detector's, the symbolizer, and the
-//! live-sample table last (code holding any of the others may allocate, and so take the
+//! and the table), the watch's published state, the detector's, the symbolizer, heapwatch's
+//! walks of the loader's list (`dl_iterate_phdr`, whose own lock glibc does not reset in a
+//! child), and the live-sample table last (code holding any of the others may allocate, and so take the
 //! table; nothing holding the table takes another). A forking thread therefore waits only for
 //! holders to finish, and holders never wait for it.
 //!
@@ -22,19 +23,29 @@
 //! [`OWNER`] says which thread holds the set, so each thread's parent or child handler releases
 //! only what that thread took.
 //!
-//! **A thread already inside heapwatch** (a fork from a signal handler that interrupted it)
-//! takes nothing: it might hold one of the locks itself, and taking it again would hang the
-//! parent. The child of such a fork is not protected; no other fork is affected.
+//! **A thread already inside heapwatch** takes nothing: it might hold one of the locks itself
+//! (a fork from a signal handler that interrupted it), and taking it again would hang the
+//! parent. The allocator's paths that take the table's lock (a sample, a free of a sampled
+//! block) mark the thread as inside. A fork from a signal handler is not otherwise covered: the
+//! C library's and jemalloc's own fork handlers hang the same way when the signal interrupted
+//! their `malloc` (seen with glibc 2.36), which heapwatch's paths call too.
+//!
+//! **In the child**, the parent's published watch state is taken out under the locks and
+//! dropped only after they are released: a free takes the table's lock.
 
 use crate::thread_state::ProfilerGuard;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 const UNREGISTERED: u8 = 0;
 const REGISTERING: u8 = 1;
 const REGISTERED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
+
+/// Forks this process descends through since heapwatch's handlers were registered: bumped in
+/// every child. What a handle records to tell "made in this process" from "inherited".
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// `pthread_self()` of the thread holding every lock for a fork; 0 when none does.
 static OWNER: AtomicUsize = AtomicUsize::new(0);
@@ -50,6 +61,7 @@ struct Held {
     watch: crate::watch::ForkLock,
     detector: crate::detect::ForkLock,
     _symbolizer: crate::symbolize::ForkLock,
+    _loader: crate::symbolize::LoaderForkLock,
     _table: crate::table::ForkLock,
     /// Keeps the forking thread's own allocations in the window unsampled (a sample would take
     /// the table lock this thread holds).
@@ -74,6 +86,32 @@ pub(crate) fn ensure_handlers() {
         return;
     }
     register();
+}
+
+/// Identifies the current process among those descending from each other by `fork`: a handle
+/// that records it at creation and finds it changed was inherited by a forked child. Unlike a
+/// pid it cannot repeat (a child in a new pid namespace may have its parent's pid 1).
+/// Registers the fork handlers, so that the next fork is counted.
+pub(crate) fn process_identity() -> ProcessIdentity {
+    ensure_handlers();
+    ProcessIdentity {
+        pid: std::process::id(),
+        generation: GENERATION.load(Ordering::Acquire),
+    }
+}
+
+/// See [`process_identity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessIdentity {
+    pid: u32,
+    generation: u64,
+}
+
+impl ProcessIdentity {
+    /// Whether this is still the process that recorded `self`.
+    pub(crate) fn is_current(self) -> bool {
+        self == process_identity()
+    }
 }
 
 #[cold]
@@ -125,6 +163,7 @@ extern "C" fn prepare() {
             watch: crate::watch::lock_for_fork(),
             detector: crate::detect::lock_for_fork(),
             _symbolizer: crate::symbolize::lock_for_fork(),
+            _loader: crate::symbolize::loader_lock_for_fork(),
             _table: crate::table::lock_for_fork(),
             _guard: guard,
         };
@@ -152,15 +191,20 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     let _ = std::panic::catch_unwind(|| {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
         let mut held = take_held();
         // The parent's threads are gone: forget the watch they ran, so the child can start
-        // its own. Done before the locks are released, under the watch's lock.
-        if let Some(held) = &mut held {
-            held.watch.forget_running_watch();
-            held.detector.forget_reports();
-        }
+        // its own. Taken out under the locks, but dropped only after they are released: a
+        // free may take the table's lock, which this thread holds until then.
+        let stale = held.as_mut().map(|held| {
+            (
+                held.watch.forget_running_watch(),
+                held.detector.forget_reports(),
+            )
+        });
         crate::watch::forget_running_thread();
         crate::stack::after_fork_in_child();
         drop(held);
+        drop(stale);
     });
 }

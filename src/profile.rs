@@ -201,7 +201,10 @@ impl Profile {
     /// assert_eq!(profile.total(heapwatch::SampleType::InuseSpace), 0);
     /// ```
     pub fn total(&self, sample_type: SampleType) -> i64 {
-        self.samples.iter().map(|s| s.value(sample_type)).sum()
+        // Saturating: a decoded profile's values are whatever its writer put there.
+        self.samples
+            .iter()
+            .fold(0i64, |sum, s| sum.saturating_add(s.value(sample_type)))
     }
 
     /// The function names of a sample's stack, innermost first, inlined frames expanded.
@@ -299,12 +302,12 @@ impl Profile {
             stack.clear();
             stack.extend(names.stack(sample));
             if let Some(&id) = stack.get(flat_at(&stack)) {
-                flat[id] += value;
+                flat[id] = flat[id].saturating_add(value);
             }
             for &id in &stack {
                 if counted_in[id] != index {
                     counted_in[id] = index;
-                    cum[id] += value;
+                    cum[id] = cum[id].saturating_add(value);
                 }
             }
         }

@@ -110,6 +110,7 @@ pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) 
 
 /// Puts back a sample removed by a `realloc` that then failed.
 pub(crate) fn reinsert(addr: usize, sample: LiveSample) {
+    let _inside = thread_state::ProfilerGuard::enter();
     let mut table = lock();
     if !table.add_live(addr, sample) {
         table.dropped_samples += 1;
@@ -118,6 +119,10 @@ pub(crate) fn reinsert(addr: usize, sample: LiveSample) {
 
 /// Forgets the sample at `addr`, if there is one; returns it.
 pub(crate) fn remove(addr: usize) -> Option<LiveSample> {
+    // Marks this thread as inside heapwatch while it holds the lock (if an outer guard does
+    // not already), so that a fork from a signal handler interrupting it does not try to take
+    // the lock again (see `fork`). Frees are not sampled, so nothing else changes.
+    let _inside = thread_state::ProfilerGuard::enter();
     let mut table = lock();
     let sample = table.live.remove(&addr)?;
     let slot = filter::slot(addr);

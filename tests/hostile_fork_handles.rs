@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 
 fn main() {
+    // Every allocation sampled, so the blocks the watch publishes (its directory's path, the
+    // readings) are sampled ones, whose free takes the table's lock: the child's fork handler
+    // must not free them while it still holds that lock.
+    heapwatch::set_sample_rate(1);
     let base = std::env::temp_dir().join(format!("heapwatch-fork-handles-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let watch = heapwatch::watch::Watch::builder()

@@ -178,9 +178,9 @@ pub(crate) struct ForkLock {
 
 impl ForkLock {
     /// In a forked child: the reports were the parent's watch's, which the child does not run.
-    pub(crate) fn forget_reports(&mut self) {
-        *self.baseline = None;
-        *self.latest = None;
+    /// Returns them, to be dropped once the locks are released (see `fork`).
+    pub(crate) fn forget_reports(&mut self) -> impl Sized {
+        (self.baseline.take(), self.latest.take())
     }
 }
 

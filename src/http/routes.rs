@@ -246,13 +246,14 @@ fn dump_files(dir: &Path) -> Vec<(String, &'static str)> {
 }
 
 fn dump_listing(dir: &Path) -> Vec<u8> {
+    // Listed once, not once per set: a directory of many sets is read in linear time.
+    let served: Vec<String> = dump_files(dir).into_iter().map(|(name, _)| name).collect();
     let sets: Vec<serde_json::Value> = list_sets(dir)
         .iter()
         .map(|set| {
             let summary = crate::watch::read_summary(set).ok();
-            let files: Vec<String> = dump_files(dir)
-                .into_iter()
-                .map(|(name, _)| name)
+            let files: Vec<&String> = served
+                .iter()
                 .filter(|name| name.starts_with(&set.stem))
                 .collect();
             serde_json::json!({

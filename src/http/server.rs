@@ -79,7 +79,7 @@ pub struct ServerBuilder {
 pub struct Server {
     local_addr: SocketAddr,
     /// The process that started it: in any other (a forked child) its threads do not exist.
-    pid: u32,
+    process: crate::fork::ProcessIdentity,
     stop: Arc<AtomicBool>,
     wake: Option<Arc<Wake>>,
     /// The polling thread, then the workers.
@@ -191,7 +191,7 @@ impl ServerBuilder {
         tracing::info!(addr = %local_addr, auth = context.token.is_some(), "heapwatch: serving /metrics and /debug/pprof/heap");
         Ok(Server {
             local_addr,
-            pid: std::process::id(),
+            process: crate::fork::process_identity(),
             stop,
             wake: Some(wake),
             threads,
@@ -202,7 +202,7 @@ impl ServerBuilder {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if std::process::id() != self.pid {
+        if !self.process.is_current() {
             // A forked child. The threads are the parent's: joining one would wait for a
             // thread this process does not have, and waking the poller through the shared
             // socket pair would wake the parent's. Leave every handle unused (neither joined
@@ -223,10 +223,15 @@ impl Drop for Server {
         if let Some(wake) = &self.wake {
             wake.wake();
         }
-        // The poller first: its end drops the job queue, which ends the workers.
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        // Only the poller is waited for: its end closes every connection and drops the job
+        // queue. The workers end by themselves once the queue is closed; one still rendering
+        // (a first symbolization takes a while) must not hold up the service's drop, so they are
+        // detached, not joined.
+        let mut threads = self.threads.drain(..);
+        if let Some(poller) = threads.next() {
+            let _ = poller.join();
         }
+        threads.for_each(drop);
     }
 }
 
@@ -406,6 +411,11 @@ impl Conn {
         matches!(self.state, State::Closed)
     }
 
+    /// Still waiting for the first byte of its request.
+    fn is_silent(&self) -> bool {
+        matches!(&self.state, State::Reading(incoming) if incoming.received.is_empty())
+    }
+
     /// Reads what the client sent, or sends more of the answer, as the state asks.
     fn progress(&mut self, poller: &Poller) {
         match self.state {
@@ -421,8 +431,11 @@ impl Conn {
         };
         let limits = poller.limits;
         // Room for the longest request allowed and one byte more, which tells it was too long.
-        let room = (limits.max_header_bytes + limits.max_body_bytes + 1)
-            .saturating_sub(incoming.received.len());
+        let room = (limits
+            .max_header_bytes
+            .saturating_add(limits.max_body_bytes))
+        .saturating_add(1)
+        .saturating_sub(incoming.received.len());
         let mut chunk = [0u8; 4096];
         let ended = match (&self.stream).read(&mut chunk[..room.min(4096)]) {
             Ok(0) => true,
@@ -458,7 +471,7 @@ impl Conn {
                 self.state = State::Rendering { head_only };
                 self.deadline = None;
             }
-            Err(TrySendError::Full(_)) => self.answer(plain(503), false, poller),
+            Err(TrySendError::Full(_)) => self.answer(plain(503), head_only, poller),
             Err(TrySendError::Disconnected(_)) => self.state = State::Closed,
         }
     }
@@ -472,7 +485,7 @@ impl Conn {
             body,
             sent: 0,
         };
-        self.deadline = Some(poller.now + poller.limits.write_timeout);
+        self.deadline = Some(deadline_after(poller.now, poller.limits.write_timeout));
         // Most answers fit the socket's buffer and go at once.
         self.send();
     }
@@ -563,10 +576,9 @@ impl Incoming {
                 None => return Ok(None),
             }
         }
-        let whole = self
-            .head
-            .as_ref()
-            .is_some_and(|(head, len)| self.received.len() >= len + head.content_length);
+        let whole = self.head.as_ref().is_some_and(|(head, len)| {
+            self.received.len() >= len.saturating_add(head.content_length)
+        });
         if whole {
             Ok(self.head.take().map(|(head, _)| head))
         } else if ended {
@@ -752,7 +764,7 @@ fn serve(
                     id: next_id,
                     stream,
                     state: State::Reading(Incoming::default()),
-                    deadline: Some(poller.now + limits.read_timeout),
+                    deadline: Some(deadline_after(poller.now, limits.read_timeout)),
                 });
                 next_id += 1;
             }
@@ -764,12 +776,36 @@ fn serve(
 /// Cuts the open connection nearest its deadline, of those a worker does not hold: the
 /// slowest client still sending its request or taking its answer. False when every
 /// connection waits for a worker.
+/// `now + timeout`, for any timeout a caller may configure (`Duration::MAX` for "none" would
+/// overflow an `Instant`): at most a year ahead.
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(timeout.min(LONGEST)).unwrap_or(now)
+}
+
 fn make_room(conns: &mut [Conn], poller: &Poller) -> bool {
-    let victim = conns
-        .iter_mut()
-        .filter(|conn| !conn.is_closed() && conn.deadline.is_some())
-        .min_by_key(|conn| conn.deadline);
-    match victim {
+    // A flood of connections that send nothing must not evict a client that connected before
+    // it: the newest connection that has not sent a byte goes first (under a flood, one of the
+    // flood's); only when every one has sent something, the one nearest its deadline (the
+    // slowest).
+    let silent = conns
+        .iter()
+        .enumerate()
+        .filter(|(_, conn)| conn.is_silent())
+        .max_by_key(|(_, conn)| conn.id)
+        .map(|(index, _)| index);
+    let slowest = || {
+        conns
+            .iter()
+            .enumerate()
+            .filter(|(_, conn)| !conn.is_closed() && conn.deadline.is_some())
+            .min_by_key(|(_, conn)| conn.deadline)
+            .map(|(index, _)| index)
+    };
+    match silent
+        .or_else(slowest)
+        .and_then(|index| conns.get_mut(index))
+    {
         Some(victim) => {
             victim.cut(poller);
             true

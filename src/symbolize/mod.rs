@@ -188,6 +188,8 @@ pub(crate) fn lock_for_fork() -> ForkLock {
     ForkLock(lock())
 }
 
+pub(crate) use modules::{lock_for_fork as loader_lock_for_fork, ForkLock as LoaderForkLock};
+
 /// A symbolized frame handed to the snapshot builder.
 pub(crate) struct NamedFrame {
     /// Index into the module list returned alongside.

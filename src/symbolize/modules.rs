@@ -5,6 +5,7 @@
 
 use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// One mapped range of a loaded object.
 #[derive(Clone, Debug)]
@@ -47,9 +48,30 @@ impl Module {
     }
 }
 
+/// Held while heapwatch walks the loader's list. glibc (2.36 at least) does not reset the lock
+/// `dl_iterate_phdr` takes in a forked child: a fork while another thread walks the list leaves
+/// the child's first walk waiting forever. The fork handlers take this lock, so no walk of
+/// heapwatch's is under way at a fork (seen: a forked child hung in `reload_modules`).
+static WALKING_LOADER: Mutex<()> = Mutex::new(());
+
+fn walking_loader() -> MutexGuard<'static, ()> {
+    crate::fork::ensure_handlers();
+    WALKING_LOADER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The loader-walk lock, held across a fork (see `fork`).
+pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+pub(crate) fn lock_for_fork() -> ForkLock {
+    ForkLock(walking_loader())
+}
+
 /// Lists the objects loaded now.
 pub(crate) fn loaded_modules() -> Vec<Module> {
     let mut modules: Vec<Module> = Vec::new();
+    let walking = walking_loader();
     // SAFETY: `dl_iterate_phdr` calls `collect` once per loaded object with a pointer to a
     // `dl_phdr_info` valid for the call, and passes `data` through unchanged; `data` points to
     // `modules`, which outlives the call and is only used from this thread.
@@ -59,6 +81,7 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
             &mut modules as *mut Vec<Module> as *mut c_void,
         );
     }
+    drop(walking);
     let executable = std::env::current_exe()
         .ok()
         .map(|path| path.to_string_lossy().into_owned())

@@ -210,7 +210,7 @@ impl WatchBuilder {
             tracing::info!("heapwatch: HEAPWATCH=off, not watching");
             return Ok(WatchHandle {
                 thread: None,
-                pid: std::process::id(),
+                process: crate::fork::process_identity(),
             });
         }
         crate::fork::ensure_handlers();
@@ -237,7 +237,7 @@ impl WatchBuilder {
         match spawned {
             Ok(join) => Ok(WatchHandle {
                 thread: Some((join, stop)),
-                pid: std::process::id(),
+                process: crate::fork::process_identity(),
             }),
             Err(e) => {
                 restore_sigusr1();
@@ -266,7 +266,7 @@ pub struct WatchHandle {
     thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     /// The process that started the thread: a forked child inherits the handle but not the
     /// thread, and must neither join nor stop it.
-    pid: u32,
+    process: crate::fork::ProcessIdentity,
 }
 
 impl WatchHandle {
@@ -279,13 +279,13 @@ impl WatchHandle {
     /// Whether a watch thread is running behind this handle (`false` with `HEAPWATCH=off`, and
     /// in a forked child, which inherits the handle but not the thread).
     pub fn is_running(&self) -> bool {
-        self.thread.is_some() && self.pid == std::process::id()
+        self.thread.is_some() && self.process.is_current()
     }
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        if self.pid != std::process::id() {
+        if !self.process.is_current() {
             // A forked child's copy: the thread is the parent's. Joining it would wait on a
             // thread that does not exist here, and the running state is the child's own
             // (reset at the fork, perhaps a watch the child started since).
@@ -368,13 +368,14 @@ pub fn dump_dir() -> PathBuf {
 pub(crate) struct ForkLock {
     running_dir: std::sync::MutexGuard<'static, Option<PathBuf>>,
     last: std::sync::MutexGuard<'static, Option<WatchReading>>,
+    _previous_sigusr1: std::sync::MutexGuard<'static, Option<libc::sigaction>>,
 }
 
 impl ForkLock {
-    /// In a forked child: what the parent's watch published is not the child's.
-    pub(crate) fn forget_running_watch(&mut self) {
-        *self.running_dir = None;
-        *self.last = None;
+    /// In a forked child: what the parent's watch published is not the child's. Returns it,
+    /// to be dropped once the locks are released (see `fork`).
+    pub(crate) fn forget_running_watch(&mut self) -> impl Sized {
+        (self.running_dir.take(), self.last.take())
     }
 }
 
@@ -382,6 +383,9 @@ pub(crate) fn lock_for_fork() -> ForkLock {
     ForkLock {
         running_dir: RUNNING_DIR.lock().unwrap_or_else(PoisonError::into_inner),
         last: LAST.lock().unwrap_or_else(PoisonError::into_inner),
+        _previous_sigusr1: PREVIOUS_SIGUSR1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
     }
 }
 
