@@ -36,10 +36,11 @@ pub struct Limits {
     pub workers: usize,
     /// Requests waiting for a worker; more are answered 503.
     pub queue: usize,
-    /// Connections open at once. A new connection beyond them closes the open one nearest its
-    /// deadline among those still sending their request or taking their answer — a slow
-    /// client — so slow clients cannot lock others out; only when every one waits for a
-    /// worker is the new one answered 503.
+    /// Connections open at once. A new connection beyond them closes the newest one that has
+    /// not sent a byte yet (so a flood of silent connections evicts its own, not a client that
+    /// connected before it), else the one nearest its deadline among those still sending their
+    /// request or taking their answer — a slow client — so slow clients cannot lock others out;
+    /// only when every one waits for a worker is the new one answered 503.
     pub max_connections: usize,
 }
 
