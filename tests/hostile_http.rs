@@ -35,7 +35,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let scenarios: [(&str, fn()); 6] = [
+    let scenarios: [(&str, fn()); 8] = [
         (
             "slow_clients_do_not_starve_metrics",
             slow_clients_do_not_starve_metrics,
@@ -60,6 +60,11 @@ fn main() {
             "bearer_scheme_and_token_comparison",
             bearer_scheme_and_token_comparison,
         ),
+        (
+            "a_flood_does_not_evict_an_earlier_client",
+            a_flood_does_not_evict_an_earlier_client,
+        ),
+        ("timeouts_of_any_length", timeouts_of_any_length),
     ];
     for (name, scenario) in scenarios {
         if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
@@ -210,6 +215,55 @@ fn slow_clients_do_not_starve_metrics() {
 /// A hundred silent connections, more than the listener keeps open at once: a fresh
 /// `/metrics` still gets its 200 within a second, because a new connection closes the one
 /// nearest its deadline rather than being turned away.
+/// A client that connected before a flood of silent connections is not the one evicted to make
+/// room for them: it still gets its answer when it sends its request.
+fn a_flood_does_not_evict_an_earlier_client() {
+    let server = server(Limits::default());
+    let addr = server.local_addr().to_string();
+    let mut early = TcpStream::connect(&addr).expect("connect the early client");
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    // Accepted before the flood: the listener has answered the first request after it.
+    assert_eq!(
+        timed_get(&addr, "/metrics", "", Duration::from_secs(3)).0,
+        Some(200)
+    );
+    let flood: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).expect("connect a silent client"))
+        .collect();
+    // Every flood connection accepted before the early client speaks.
+    assert_eq!(
+        timed_get(&addr, "/metrics", "", Duration::from_secs(3)).0,
+        Some(200)
+    );
+    write!(early, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send the request");
+    let mut response = Vec::new();
+    let _ = early.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the client that connected before 200 silent connections got {:?}",
+        text.lines().next()
+    );
+    drop(flood);
+}
+
+/// `Duration::MAX` read and write timeouts ("no timeout") serve requests; they do not overflow
+/// a deadline and take the listener down.
+fn timeouts_of_any_length() {
+    let server = server(Limits {
+        read_timeout: Duration::MAX,
+        write_timeout: Duration::MAX,
+        ..Limits::default()
+    });
+    let addr = server.local_addr().to_string();
+    for _ in 0..3 {
+        let (status, _) = timed_get(&addr, "/metrics", "", Duration::from_secs(5));
+        assert_eq!(status, Some(200), "/metrics with Duration::MAX timeouts");
+    }
+}
+
 fn a_full_connection_table_still_answers() {
     let server = server(Limits::default());
     let addr = server.local_addr().to_string();
