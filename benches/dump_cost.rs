@@ -89,7 +89,7 @@ fn make_stacks(stacks: u32) -> Blocks {
 }
 
 fn dumps_written() -> u64 {
-    heapwatch::watch::dumps_written()
+    heapwatch::published::dumps_written()
         .iter()
         .map(|(_, n)| n)
         .sum()
@@ -101,7 +101,7 @@ fn write_dump_set(watch: &heapwatch::watch::WatchHandle) {
     let before = dumps_written();
     watch.dump_now();
     while dumps_written() == before {
-        assert_eq!(heapwatch::watch::dump_errors(), 0, "dump failed");
+        assert_eq!(heapwatch::published::dump_errors(), 0, "dump failed");
         std::hint::spin_loop();
     }
 }

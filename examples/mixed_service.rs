@@ -95,13 +95,15 @@ fn main() {
         }
         black_box(cache.len());
         std::thread::sleep(Duration::from_millis(10));
-        if let Some(report) = heapwatch::detect::latest() {
+        if let Some(report) = heapwatch::published::latest().map(|l| l.detector) {
             if verdicts.last() != Some(&report.verdict.kind) {
                 verdicts.push(report.verdict.kind);
             }
         }
     }
-    let report = heapwatch::detect::latest().expect("the watch has ticked");
+    let report = heapwatch::published::latest()
+        .map(|l| l.detector)
+        .expect("the watch has ticked");
     drop(watch);
     let names: Vec<&str> = verdicts.iter().map(|v| v.name()).collect();
     println!("verdicts seen: {}", names.join(" "));

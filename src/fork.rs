@@ -58,8 +58,8 @@ struct Held {
     _plumbing: crate::plumbing::ForkLock,
     #[cfg(feature = "http")]
     _metrics: crate::http::ForkLock,
-    watch: crate::watch::ForkLock,
-    detector: crate::detect::ForkLock,
+    _sigusr1: crate::watch::ForkLock,
+    _published: crate::published::ForkLock,
     _symbolizer: crate::symbolize::ForkLock,
     _loader: crate::symbolize::LoaderForkLock,
     _table: crate::table::ForkLock,
@@ -160,8 +160,8 @@ extern "C" fn prepare() {
             _plumbing: crate::plumbing::lock_for_fork(),
             #[cfg(feature = "http")]
             _metrics: crate::http::lock_for_fork(),
-            watch: crate::watch::lock_for_fork(),
-            detector: crate::detect::lock_for_fork(),
+            _sigusr1: crate::watch::lock_for_fork(),
+            _published: crate::published::lock_for_fork(),
             _symbolizer: crate::symbolize::lock_for_fork(),
             _loader: crate::symbolize::loader_lock_for_fork(),
             _table: crate::table::lock_for_fork(),
@@ -192,19 +192,18 @@ extern "C" fn parent() {
 extern "C" fn child() {
     let _ = std::panic::catch_unwind(|| {
         GENERATION.fetch_add(1, Ordering::AcqRel);
-        let mut held = take_held();
+        let held = take_held();
         // The parent's threads are gone: forget the watch they ran, so the child can start
-        // its own. Taken out under the locks, but dropped only after they are released: a
-        // free may take the table's lock, which this thread holds until then.
-        let stale = held.as_mut().map(|held| {
-            (
-                held.watch.forget_running_watch(),
-                held.detector.forget_reports(),
-            )
-        });
+        // its own.
         crate::watch::forget_running_thread();
         crate::stack::after_fork_in_child();
+        let took_locks = held.is_some();
         drop(held);
-        drop(stale);
+        // Only after the locks are released (a free may take the table's lock, which this
+        // thread held until then), and only if they were taken here: otherwise another thread
+        // of the parent held one of them, and it stays held in the child.
+        if took_locks {
+            crate::published::forget_in_child();
+        }
     });
 }

@@ -70,12 +70,15 @@ mod internal_alloc;
 #[cfg(feature = "jemalloc")]
 mod jemalloc_stats;
 pub mod leak_check;
+mod memory;
 pub mod metrics_export;
 mod plumbing;
 mod profile;
+pub mod published;
 mod sampler;
 mod snapshot;
 mod stack;
+mod statistics;
 mod symbolize;
 mod table;
 mod thread_state;

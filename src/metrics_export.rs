@@ -1,18 +1,21 @@
 //! Every figure through the `metrics` facade, so a service keeps its own exporter: the watch
-//! thread calls [`update`] every tick, and the built-in listener renders the same figures for
-//! `/metrics`. Names and units follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
+//! thread hands each tick's [`Latest`] to [`record`], and the built-in listener renders the same
+//! figures for `/metrics` from what was last [`published`](crate::published). Names and units
+//! follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
 
+use crate::detect::VerdictKind;
+use crate::published::{self, Latest};
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every verdict name, so that each has a 0/1 series (`heapwatch_verdict{verdict="…"}`).
-const VERDICTS: [crate::detect::VerdictKind; 6] = [
-    crate::detect::VerdictKind::Unknown,
-    crate::detect::VerdictKind::Steady,
-    crate::detect::VerdictKind::Leak,
-    crate::detect::VerdictKind::Spike,
-    crate::detect::VerdictKind::LimitTooLow,
-    crate::detect::VerdictKind::Fragmentation,
+const VERDICTS: [VerdictKind; 6] = [
+    VerdictKind::Unknown,
+    VerdictKind::Steady,
+    VerdictKind::Leak,
+    VerdictKind::Spike,
+    VerdictKind::LimitTooLow,
+    VerdictKind::Fragmentation,
 ];
 
 /// Describes the metrics (help text and units) to the current recorder.
@@ -116,12 +119,25 @@ pub fn describe() {
     );
 }
 
-/// Publishes every figure to the current `metrics` recorder.
+/// Publishes every figure to the current `metrics` recorder: the heap's counters now, and the
+/// watch's figures as it last [published](crate::published) them.
 ///
 /// ```
 /// heapwatch::metrics_export::update(); // a no-op without a recorder
 /// ```
 pub fn update() {
+    describe_once();
+    update_undescribed();
+}
+
+/// The watch thread's update: the figures it has just published, passed along rather than
+/// read back.
+pub(crate) fn record(latest: &Latest) {
+    describe_once();
+    record_figures(Some(latest));
+}
+
+fn describe_once() {
     // Not a `Once`: a `fork` while another thread ran `describe` would leave the child's
     // `Once` running forever, and the child's first update would wait on it. Describing twice
     // is harmless.
@@ -129,20 +145,23 @@ pub fn update() {
     if !DESCRIBED.swap(true, Ordering::Relaxed) {
         describe();
     }
-    update_undescribed();
 }
 
 /// [`update`] without describing first (a local recorder is described by its owner).
 pub(crate) fn update_undescribed() {
-    let stats = crate::stats();
+    record_figures(published::latest().as_ref());
+}
+
+fn record_figures(latest: Option<&Latest>) {
+    let stats = crate::counters::stats();
     gauge!("heapwatch_heap_live_bytes").set(stats.live_bytes as f64);
     gauge!("heapwatch_heap_live_objects").set(stats.live_objects as f64);
     counter!("heapwatch_heap_allocated_bytes_total").absolute(stats.allocated_bytes);
     counter!("heapwatch_heap_allocated_objects_total").absolute(stats.allocated_objects);
-    gauge!("heapwatch_sample_rate_bytes").set(crate::sample_rate() as f64);
-    gauge!("heapwatch_profiler_bytes").set(crate::profiler_stats().profiler_bytes as f64);
+    gauge!("heapwatch_sample_rate_bytes").set(crate::sampler::sample_rate() as f64);
+    gauge!("heapwatch_profiler_bytes").set(crate::table::profiler_stats().profiler_bytes as f64);
 
-    if let Some(reading) = crate::watch::last_reading() {
+    if let Some(Latest { reading, detector }) = latest {
         let set = |name: &'static str, value: Option<u64>| {
             if let Some(value) = value {
                 gauge!(name).set(value as f64);
@@ -154,9 +173,7 @@ pub(crate) fn update_undescribed() {
             "heapwatch_cgroup_working_set_bytes",
             reading.working_set_bytes,
         );
-    }
-    if let Some(report) = crate::detect::latest() {
-        let verdict = &report.verdict;
+        let verdict = &detector.verdict;
         gauge!("heapwatch_heap_floor_growth_bytes_per_second")
             .set(verdict.floor_slope_bytes_per_second);
         if let Some(eta) = verdict.eta_seconds {
@@ -171,13 +188,15 @@ pub(crate) fn update_undescribed() {
         }
         gauge!("heapwatch_verdict_confidence").set(verdict.confidence);
     }
-    for (reason, count) in crate::watch::dumps_written() {
-        counter!("heapwatch_dumps_total", "reason" => reason).absolute(count);
+    for (reason, count) in published::dumps_written() {
+        counter!("heapwatch_dumps_total", "reason" => reason.name()).absolute(count);
     }
-    counter!("heapwatch_dump_errors_total").absolute(crate::watch::dump_errors());
+    counter!("heapwatch_dump_errors_total").absolute(published::dump_errors());
 
     #[cfg(feature = "jemalloc")]
-    if let Some(je) = crate::jemalloc_stats().filter(|je| je.allocated * 2 >= stats.live_bytes) {
+    if let Some(je) =
+        crate::jemalloc_stats::jemalloc_stats().filter(|je| je.allocated * 2 >= stats.live_bytes)
+    {
         gauge!("heapwatch_jemalloc_allocated_bytes").set(je.allocated as f64);
         gauge!("heapwatch_jemalloc_active_bytes").set(je.active as f64);
         gauge!("heapwatch_jemalloc_resident_bytes").set(je.resident as f64);

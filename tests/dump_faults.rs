@@ -6,7 +6,7 @@
 //! The read-only and full cases need root and permission to mount; without it they say so
 //! loudly and are skipped, unless `HEAPWATCH_REQUIRE_PRIVILEGED=1` (set by `.ci/run`).
 
-use heapwatch::watch::{self, list_sets, read_summary, Watch};
+use heapwatch::watch::{list_sets, read_summary, Watch};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,13 +44,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn total_written() -> u64 {
-    watch::dumps_written().iter().map(|(_, n)| n).sum()
+    heapwatch::published::dumps_written()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Starts a watch on `dir`, asks for `requests` dumps, and waits until each was written or
 /// failed. Returns (written, failed) during this run.
 fn request_dumps(dir: &Path, requests: usize) -> (u64, u64) {
-    let (written_before, errors_before) = (total_written(), watch::dump_errors());
+    let (written_before, errors_before) = (total_written(), heapwatch::published::dump_errors());
     let handle = Watch::builder()
         .dir(dir)
         .tick(Duration::from_millis(20))
@@ -61,7 +64,8 @@ fn request_dumps(dir: &Path, requests: usize) -> (u64, u64) {
     for i in 0..requests {
         handle.dump_now();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while total_written() + watch::dump_errors() < written_before + errors_before + i as u64 + 1
+        while total_written() + heapwatch::published::dump_errors()
+            < written_before + errors_before + i as u64 + 1
         {
             assert!(
                 Instant::now() < deadline,
@@ -73,7 +77,7 @@ fn request_dumps(dir: &Path, requests: usize) -> (u64, u64) {
     drop(handle);
     (
         total_written() - written_before,
-        watch::dump_errors() - errors_before,
+        heapwatch::published::dump_errors() - errors_before,
     )
 }
 

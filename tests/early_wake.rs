@@ -2,7 +2,7 @@
 //! well under the threshold to over it must be dumped within a second, because the allocator
 //! wakes the watch thread when the heap crosses the watermark.
 
-use heapwatch::watch::{self, list_sets, read_summary, Watch};
+use heapwatch::watch::{list_sets, read_summary, Watch};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -17,7 +17,10 @@ fn rss() -> u64 {
 }
 
 fn dumps() -> u64 {
-    watch::dumps_written().iter().map(|(_, n)| n).sum()
+    heapwatch::published::dumps_written()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn main() {
@@ -37,7 +40,7 @@ fn main() {
     // Wait for the first tick: its reading is published once the watermark is armed. (A fixed
     // sleep could end before it on a busy machine.)
     let first_tick = Instant::now();
-    while watch::last_reading().is_none() {
+    while heapwatch::published::latest().map(|l| l.reading).is_none() {
         assert!(
             first_tick.elapsed() < Duration::from_secs(10),
             "the watch thread never ticked"

@@ -29,13 +29,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn total_written() -> u64 {
-    watch::dumps_written().iter().map(|(_, n)| n).sum()
+    heapwatch::published::dumps_written()
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn written(kind: &str) -> u64 {
-    watch::dumps_written()
+    heapwatch::published::dumps_written()
         .iter()
-        .find(|(k, _)| *k == kind)
+        .find(|(k, _)| k.name() == kind)
         .map_or(0, |(_, n)| *n)
 }
 
@@ -61,10 +64,10 @@ fn start(dir: &Path, keep: usize) -> watch::WatchHandle {
 
 /// Asks for one dump and waits until it was written or failed; whether it was written.
 fn dump(handle: &watch::WatchHandle) -> bool {
-    let (written, errors) = (total_written(), watch::dump_errors());
+    let (written, errors) = (total_written(), heapwatch::published::dump_errors());
     handle.dump_now();
     wait_for("a requested dump", || {
-        total_written() + watch::dump_errors() > written + errors
+        total_written() + heapwatch::published::dump_errors() > written + errors
     });
     total_written() > written
 }
@@ -269,9 +272,9 @@ fn a_deleted_directory_is_recreated(dir: &Path) {
     let handle = start(dir, 5);
     assert!(dump(&handle));
     fs::remove_dir_all(dir).unwrap();
-    let errors = watch::dump_errors();
+    let errors = heapwatch::published::dump_errors();
     assert!(dump(&handle), "the dump after the deletion failed");
-    assert_eq!(watch::dump_errors(), errors);
+    assert_eq!(heapwatch::published::dump_errors(), errors);
     drop(handle);
     assert_eq!(list_sets(dir).len(), 1);
     assert_eq!(mode(dir), 0o700);
@@ -423,7 +426,9 @@ fn repeats_do_not_rotate_the_climb_away(dir: &Path, cgroup: &Path) {
         .start()
         .expect("start the watch");
     wait_for("a reading of the fake cgroup", || {
-        watch::last_reading().is_some_and(|r| r.working_set_bytes == Some(LIMIT / 2))
+        heapwatch::published::latest()
+            .map(|l| l.reading)
+            .is_some_and(|r| r.working_set_bytes == Some(LIMIT / 2))
     });
     for percent in [85, 92, 97] {
         let before = written("threshold");

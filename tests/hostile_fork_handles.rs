@@ -52,11 +52,13 @@ fn main() {
     let (status, body) = common::http_get(&parent_addr, "/metrics");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("heapwatch_heap_live_bytes"));
-    let before = heapwatch::watch::last_reading()
+    let before = heapwatch::published::latest()
+        .map(|l| l.reading)
         .expect("parent reading")
         .unix_ms;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while heapwatch::watch::last_reading()
+    while heapwatch::published::latest()
+        .map(|l| l.reading)
         .expect("parent reading")
         .unix_ms
         == before
@@ -68,12 +70,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(
-        heapwatch::watch::running_dump_dir(),
+        heapwatch::published::running_dump_dir(),
         Some(base.join("parent"))
     );
     drop(server);
     drop(watch);
-    assert_eq!(heapwatch::watch::running_dump_dir(), None);
+    assert_eq!(heapwatch::published::running_dump_dir(), None);
     let _ = std::fs::remove_dir_all(&base);
     println!(
         "forked child started its own watch and listener, dropped the inherited ones, exited 0"
@@ -87,8 +89,8 @@ fn child(
 ) {
     // Nothing of the parent's watch is running here.
     assert!(!inherited_watch.is_running());
-    assert_eq!(heapwatch::watch::running_dump_dir(), None);
-    assert!(heapwatch::watch::last_reading().is_none());
+    assert_eq!(heapwatch::published::running_dump_dir(), None);
+    assert!(heapwatch::published::latest().map(|l| l.reading).is_none());
     let own = heapwatch::watch::Watch::builder()
         .dir(base.join("child"))
         .limit(1 << 40)
@@ -97,7 +99,7 @@ fn child(
         .expect("the child can start its own watch");
     wait_for_reading();
     assert_eq!(
-        heapwatch::watch::running_dump_dir(),
+        heapwatch::published::running_dump_dir(),
         Some(base.join("child"))
     );
     // Dropping the inherited handles neither joins the parent's threads (they do not exist
@@ -105,7 +107,7 @@ fn child(
     drop(inherited_watch);
     drop(inherited_server);
     assert_eq!(
-        heapwatch::watch::running_dump_dir(),
+        heapwatch::published::running_dump_dir(),
         Some(base.join("child"))
     );
     let server = heapwatch::http::Server::builder()
@@ -116,13 +118,13 @@ fn child(
     assert_eq!(status, 200);
     drop(server);
     drop(own);
-    assert_eq!(heapwatch::watch::running_dump_dir(), None);
+    assert_eq!(heapwatch::published::running_dump_dir(), None);
 }
 
 /// Waits for the running watch's first reading (it is published once the watch is set up).
 fn wait_for_reading() {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while heapwatch::watch::last_reading().is_none() {
+    while heapwatch::published::latest().map(|l| l.reading).is_none() {
         assert!(Instant::now() < deadline, "no watch reading within 30 s");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -7,7 +7,7 @@
 //! One process, the scenarios in order, `harness = false`: signal dispositions are
 //! process-wide, and the last scenario leaves heapwatch's handler out for good.
 
-use heapwatch::watch::{self, Watch, WatchHandle};
+use heapwatch::watch::{Watch, WatchHandle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
@@ -118,9 +118,9 @@ fn raise_usr1() {
 }
 
 fn signal_dumps() -> u64 {
-    watch::dumps_written()
+    heapwatch::published::dumps_written()
         .iter()
-        .find(|(kind, _)| *kind == "signal")
+        .find(|(kind, _)| kind.name() == "signal")
         .map_or(0, |(_, n)| *n)
 }
 

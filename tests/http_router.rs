@@ -169,7 +169,7 @@ fn the_pages_list_the_running_watchs_dumps() {
         .start()
         .expect("the only watch in this process");
     assert_eq!(
-        heapwatch::watch::running_dump_dir().as_deref(),
+        heapwatch::published::running_dump_dir().as_deref(),
         Some(dir.as_path()),
         "the watch publishes its directory (is HEAPWATCH_DIR set?)"
     );
@@ -211,7 +211,7 @@ fn the_pages_list_the_running_watchs_dumps() {
 
     drop(watch);
     assert_eq!(
-        heapwatch::watch::running_dump_dir(),
+        heapwatch::published::running_dump_dir(),
         None,
         "withdrawn at stop"
     );

@@ -9,19 +9,19 @@
 //! whose live bytes keep rising ([`SuspectTracker`]), and a baseline taken after warm-up gives
 //! the differential flamegraph.
 //!
-//! The same machinery is usable offline on any series: see `examples/detector_eval.rs`.
+//! Pure: series in, verdicts and suspects out. The watch feeds it its readings and publishes
+//! what it says (see [`crate::published`]); nothing here reads `/proc`, the allocator or any
+//! global state, so the same machinery is usable offline on any series: see
+//! `examples/detector_eval.rs`.
 
 mod series;
-mod stats;
 mod suspects;
 mod verdict;
 
+pub use crate::statistics::{mann_kendall, MannKendall};
 pub use series::{Point, SeriesStore};
-pub use stats::{mann_kendall, MannKendall};
 pub use suspects::{Suspect, SuspectTracker, BASELINE_STACKS, SITES_PER_SNAPSHOT, SNAPSHOTS_KEPT};
 pub use verdict::{classify, DetectorConfig, Verdict, VerdictKind};
-
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The detector: the series, and verdicts that stick. A `leak` is only declared once its
 /// evidence has held for [`DetectorConfig::confirm`]; other verdicts apply at once.
@@ -101,7 +101,7 @@ impl Detector {
     }
 }
 
-/// The detector's latest verdict and suspects, as the watch thread last computed them.
+/// The detector's verdict and suspects at one moment (what the watch publishes each tick).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectorReport {
     /// The current verdict.
@@ -112,83 +112,14 @@ pub struct DetectorReport {
     pub baseline_unix_ms: Option<u64>,
 }
 
-static LATEST: Mutex<Option<DetectorReport>> = Mutex::new(None);
-/// The baseline's folded stacks, once the watch has taken it.
-static BASELINE: Mutex<Option<Vec<String>>> = Mutex::new(None);
-
-pub(crate) fn publish_baseline(lines: &[String]) {
-    if let Ok(mut baseline) = BASELINE.lock() {
-        *baseline = Some(lines.to_vec());
-    }
-}
-
-/// Writes the differential flamegraph of `now` against the watch's baseline (taken after
-/// warm-up); against an empty baseline before that.
-pub fn write_diff_against_baseline<W: std::io::Write>(
-    now: &crate::Profile,
+/// The differential flamegraph of `now` against `baseline` (folded stacks of the baseline
+/// snapshot; empty before one was taken).
+pub(crate) fn write_diff<W: std::io::Write>(
+    baseline: &[String],
+    now: &crate::profile::Profile,
     writer: W,
 ) -> std::io::Result<()> {
-    let before = BASELINE
-        .lock()
-        .ok()
-        .and_then(|b| b.clone())
-        .unwrap_or_default();
-    suspects::write_diff(&before, now, writer)
-}
-
-/// The latest report of the running watch's detector; `None` before its first tick or without
-/// a watch.
-pub fn latest() -> Option<DetectorReport> {
-    LATEST.lock().ok()?.clone()
-}
-
-pub(crate) fn publish(report: DetectorReport) {
-    if let Ok(mut latest) = LATEST.lock() {
-        *latest = Some(report);
-    }
-}
-
-/// Resident memory of the allocator: jemalloc's `stats.resident` when jemalloc is the inner
-/// allocator (it holds at least half the heap), the process's RSS otherwise.
-pub fn resident_bytes() -> Option<u64> {
-    #[cfg(feature = "jemalloc")]
-    if let Some(stats) = crate::jemalloc_stats() {
-        let heap = crate::stats().live_bytes;
-        if heap > 0 && stats.allocated * 2 >= heap {
-            return Some(stats.resident);
-        }
-    }
-    process_rss()
-}
-
-/// The process's resident set size, from `/proc/self/statm`.
-pub(crate) fn process_rss() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}
-
-/// The detector's published state, locked across a fork (see `fork`).
-pub(crate) struct ForkLock {
-    baseline: MutexGuard<'static, Option<Vec<String>>>,
-    latest: MutexGuard<'static, Option<DetectorReport>>,
-}
-
-impl ForkLock {
-    /// In a forked child: the reports were the parent's watch's, which the child does not run.
-    /// Returns them, to be dropped once the locks are released (see `fork`).
-    pub(crate) fn forget_reports(&mut self) -> impl Sized {
-        (self.baseline.take(), self.latest.take())
-    }
-}
-
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock {
-        baseline: BASELINE.lock().unwrap_or_else(PoisonError::into_inner),
-        latest: LATEST.lock().unwrap_or_else(PoisonError::into_inner),
-    }
+    suspects::write_diff(baseline, now, writer)
 }
 
 #[cfg(test)]

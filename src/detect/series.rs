@@ -22,6 +22,12 @@ pub struct Point {
     /// Resident memory of the allocator (jemalloc `stats.resident`, or the process's RSS),
     /// lowest in the span.
     pub resident_min: Option<u64>,
+    /// Highest memory charged to the cgroup (or the process's RSS without one) in the span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_max: Option<u64>,
+    /// The memory limit at the end of the span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 impl Point {
@@ -39,6 +45,18 @@ impl Point {
             working_set_min: working_set,
             working_set_max: working_set,
             resident_min: resident,
+            usage_max: None,
+            limit: None,
+        }
+    }
+
+    /// The same point with the usage and the limit read with it (what a dump's series shows
+    /// beside the heap).
+    pub fn with_usage(self, usage: Option<u64>, limit: Option<u64>) -> Self {
+        Point {
+            usage_max: usage,
+            limit,
+            ..self
         }
     }
 
@@ -56,6 +74,8 @@ impl Point {
         self.working_set_min = min(self.working_set_min, other.working_set_min);
         self.working_set_max = max(self.working_set_max, other.working_set_max);
         self.resident_min = min(self.resident_min, other.resident_min);
+        self.usage_max = max(self.usage_max, other.usage_max);
+        self.limit = other.limit.or(self.limit);
     }
 }
 
@@ -151,6 +171,17 @@ impl SeriesStore {
             .collect()
     }
 
+    /// The readings of the last `span_ms` before the newest, oldest first, one per push: the
+    /// finest resolution only, so at most its 600 points however fast the ticks come.
+    pub fn recent(&self, span_ms: u64) -> impl Iterator<Item = &Point> + '_ {
+        let finest = &self.levels[0];
+        let newest = finest.points.back().map_or(0, |p| p.unix_ms);
+        finest
+            .points
+            .iter()
+            .filter(move |p| newest.saturating_sub(p.unix_ms) <= span_ms)
+    }
+
     /// Bytes the store takes at most.
     pub fn capacity_bytes(&self) -> usize {
         self.levels.iter().map(|l| l.capacity).sum::<usize>() * std::mem::size_of::<Point>()
@@ -183,6 +214,11 @@ mod tests {
         // Beyond two hours: the minute level.
         let day = store.window(24 * 3600 * 1000);
         assert_eq!(day.len(), 180);
-        assert!(store.capacity_bytes() < 200 * 1024);
+        assert!(store.capacity_bytes() < 300 * 1024);
+        // The recent readings: every tick of the span, however many the coarser levels hold.
+        let recent: Vec<&Point> = store.recent(30_000).collect();
+        assert_eq!(recent.len(), 31);
+        assert_eq!(recent.last().unwrap().unix_ms, (3 * 3600 - 1) * 1000);
+        assert!(store.recent(3600 * 1000).count() == 600);
     }
 }

@@ -107,7 +107,7 @@ impl SuspectTracker {
                 let intervals = series.len() - 1;
                 let rose_in = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
                 let grown = now - series[0].1 as i64;
-                let slope = crate::watch::theil_sen_slope(&series)?;
+                let slope = crate::statistics::theil_sen_slope(&series)?;
                 (grown > 0 && slope > 0.0 && rose_in * 4 >= intervals * 3).then(|| Suspect {
                     function: function.clone(),
                     growth_bytes_per_second: slope,

@@ -9,7 +9,7 @@
 //! scale (the limit, or the floor itself without one).
 
 use super::series::Point;
-use super::stats::{mann_kendall, theil_sen_slope};
+use crate::statistics::{mann_kendall, median, theil_sen_slope};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -276,7 +276,7 @@ impl Floors {
 
     fn median_floor(&self) -> f64 {
         let mut values: Vec<f64> = self.floors.iter().map(|f| f.1).collect();
-        crate::watch::median_of(&mut values).unwrap_or(0.0)
+        median(&mut values).unwrap_or(0.0)
     }
 
     fn last_floor(&self) -> Option<f64> {

@@ -26,7 +26,7 @@ pub fn router() -> axum::Router {
             .ok()
             .filter(|t| !t.is_empty()),
         dump_dir: None,
-        metrics: super::render_metrics,
+        metrics: super::metrics_page::render_metrics,
     });
     axum::Router::new().fallback(move |request: Request| {
         let context = Arc::clone(&context);

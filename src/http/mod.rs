@@ -30,6 +30,7 @@
 
 #[cfg(feature = "axum")]
 mod axum_router;
+mod metrics_page;
 mod routes;
 mod server;
 
@@ -38,50 +39,5 @@ pub use axum_router::router;
 pub use routes::{reason_phrase, respond, respond_under, Context, Response};
 pub use server::{Limits, Server, ServerBuilder};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use std::sync::OnceLock;
-
-/// A recorder of heapwatch's own metrics, apart from any the service installed, so `/metrics`
-/// works whatever the service does with the `metrics` facade.
-fn own_recorder() -> &'static (PrometheusRecorder, PrometheusHandle) {
-    static RECORDER: OnceLock<(PrometheusRecorder, PrometheusHandle)> = OnceLock::new();
-    RECORDER.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, crate::metrics_export::describe);
-        (recorder, handle)
-    })
-}
-
-/// heapwatch's metrics, now, in the Prometheus text format.
-///
-/// ```
-/// let text = heapwatch::http::render_metrics();
-/// assert!(text.contains("heapwatch_heap_live_bytes"));
-/// ```
-pub fn render_metrics() -> String {
-    let _rendering = render_lock();
-    let (recorder, handle) = own_recorder();
-    metrics::with_local_recorder(recorder, crate::metrics_export::update_undescribed);
-    handle.render()
-}
-
-/// Held for a whole render: the recorder keeps locks of its own, which a `fork` must not catch
-/// held by another thread (the child's `/metrics` would wait forever), and the fork handlers can
-/// only take locks heapwatch owns. Renders are serialised by it, which costs nothing that
-/// matters (a render takes tens of microseconds; scrapes come seconds apart).
-static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn render_lock() -> std::sync::MutexGuard<'static, ()> {
-    crate::fork::ensure_handlers();
-    RENDERING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The metrics renderer's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
-
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(render_lock())
-}
+pub use metrics_page::render_metrics;
+pub(crate) use metrics_page::{lock_for_fork, ForkLock};

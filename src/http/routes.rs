@@ -2,8 +2,8 @@
 //! status, content type and body out. The built-in listener and the axum router both call
 //! [`respond`].
 
+use crate::profile::SampleType;
 use crate::watch::list_sets;
-use crate::SampleType;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -112,10 +112,11 @@ pub fn respond_under(
         ),
         "/debug/pprof/heap" => pprof(SampleType::InuseSpace, "heap"),
         "/debug/pprof/allocs" => pprof(SampleType::AllocSpace, "allocs"),
-        "/debug/heap/flamegraph.svg" => svg(|out| flamegraph(&crate::snapshot(), out)),
-        "/debug/heap/diff.svg" => {
-            svg(|out| crate::detect::write_diff_against_baseline(&crate::snapshot(), out))
-        }
+        "/debug/heap/flamegraph.svg" => svg(|out| flamegraph(&crate::snapshot::snapshot(), out)),
+        "/debug/heap/diff.svg" => svg(|out| {
+            let baseline = crate::published::baseline().unwrap_or_default();
+            crate::detect::write_diff(&baseline, &crate::snapshot::snapshot(), out)
+        }),
         "/debug/heap/report" => Response::new(200, "application/json", report()),
         "/debug/heap/dumps" | "/debug/heap/dumps/" => {
             Response::new(200, "application/json", dump_listing(&dump_dir(context)))
@@ -161,7 +162,7 @@ fn token_matches(given: &str, token: &str) -> bool {
 }
 
 fn pprof(default: SampleType, name: &str) -> Response {
-    let mut profile = crate::snapshot();
+    let mut profile = crate::snapshot::snapshot();
     profile.default_sample_type = Some(default);
     let mut body = Vec::new();
     match crate::encode::write_pprof(&profile, &mut body) {
@@ -182,7 +183,7 @@ fn svg(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Response {
     }
 }
 
-fn flamegraph(profile: &crate::Profile, out: &mut Vec<u8>) -> std::io::Result<()> {
+fn flamegraph(profile: &crate::profile::Profile, out: &mut Vec<u8>) -> std::io::Result<()> {
     #[cfg(feature = "flamegraph")]
     {
         crate::encode::write_flamegraph(profile, SampleType::InuseSpace, "live heap", out)
@@ -199,16 +200,17 @@ fn flamegraph(profile: &crate::Profile, out: &mut Vec<u8>) -> std::io::Result<()
 const TOP_SITES: usize = 10;
 
 fn report() -> Vec<u8> {
-    let stats = crate::stats();
-    let profiler = crate::profiler_stats();
-    let reading = crate::watch::last_reading();
-    let detector = crate::detect::latest();
+    let stats = crate::counters::stats();
+    let profiler = crate::table::profiler_stats();
+    let latest = crate::published::latest();
+    let reading = latest.as_ref().map(|l| &l.reading);
+    let detector = latest.as_ref().map(|l| &l.detector);
     let value = serde_json::json!({
         "heap": crate::watch::HeapCounters::from(stats),
-        "sample_rate_bytes": crate::sample_rate(),
+        "sample_rate_bytes": crate::sampler::sample_rate(),
         "profiler_bytes": profiler.profiler_bytes,
         "symbolizer_bytes": profiler.symbol_cache_bytes,
-        "top_sites": crate::watch::top_sites(&crate::snapshot(), TOP_SITES),
+        "top_sites": crate::watch::top_sites(&crate::snapshot::snapshot(), TOP_SITES),
         "cgroup": reading.map(|r| serde_json::json!({
             "limit_bytes": r.limit_bytes,
             "usage_bytes": r.usage_bytes,
@@ -216,10 +218,10 @@ fn report() -> Vec<u8> {
             "slope_bytes_per_second": r.slope_bytes_per_second,
             "eta_seconds": r.eta_seconds,
         })),
-        "verdict": detector.as_ref().map(|d| &d.verdict),
-        "suspects": detector.as_ref().map(|d| &d.suspects),
-        "dumps_written": crate::watch::dumps_written().iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
-        "dump_errors": crate::watch::dump_errors(),
+        "verdict": detector.map(|d| &d.verdict),
+        "suspects": detector.map(|d| &d.suspects),
+        "dumps_written": crate::published::dumps_written().iter().map(|(k, v)| (k.name(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "dump_errors": crate::published::dump_errors(),
     });
     serde_json::to_vec_pretty(&value).unwrap_or_default()
 }

@@ -158,7 +158,7 @@ impl ServerBuilder {
         let context = Arc::new(Context {
             token,
             dump_dir: self.dump_dir,
-            metrics: super::render_metrics,
+            metrics: super::metrics_page::render_metrics,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let limits = self.limits;

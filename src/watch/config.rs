@@ -54,7 +54,7 @@ pub struct WatchConfig {
     /// Dump on SIGUSR1.
     pub on_sigusr1: bool,
     /// Read this cgroup directory instead of discovering the process's own (tests).
-    pub cgroup: Option<crate::watch::Cgroup>,
+    pub cgroup: Option<crate::memory::Cgroup>,
     /// The leak detector's settings.
     pub detector: crate::detect::DetectorConfig,
     /// How often a profile snapshot is kept for the leak suspects.

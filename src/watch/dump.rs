@@ -50,8 +50,8 @@
 //! start-up report) and read up to a bound; a file served over HTTP must moreover belong to
 //! this process's user and have a single link (a planted hard link has two).
 
-use super::summary::{DumpFiles, DumpSummary};
-use crate::{Profile, SampleType};
+use super::dump_summary::{DumpFiles, DumpSummary};
+use crate::profile::{Profile, SampleType};
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::hash::BuildHasher;

@@ -1,9 +1,9 @@
 //! At start-up: what the previous instance left in the dump directory, said in one warning an
 //! on-call engineer can read in the new pod's log.
 
-use super::cgroup::{Cgroup, CgroupVersion};
 use super::dump::{list_sets, read_summary, written_by_live_instance};
 use crate::encode::human_bytes;
+use crate::memory::{Cgroup, CgroupVersion};
 use std::path::Path;
 
 /// One line describing the newest dump set in `dir` that no running instance is writing —

@@ -5,6 +5,7 @@
 //! last dump's always goes through, so a fast climb still gets its dump at 95 % after one at
 //! 80 %.
 
+use crate::published::ReasonKind;
 use std::time::{Duration, Instant};
 
 /// Why a dump set was written.
@@ -29,15 +30,15 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The reason's kind as written in the JSON summary: `threshold`, `eta`, `on_demand`,
-    /// `signal`, `leak`.
-    pub fn kind(&self) -> &'static str {
+    /// The reason's kind; its [`name`](ReasonKind::name) is what the JSON summary says:
+    /// `threshold`, `eta`, `on_demand`, `signal`, `leak`.
+    pub fn kind(&self) -> ReasonKind {
         match self {
-            Reason::Threshold { .. } => "threshold",
-            Reason::Eta { .. } => "eta",
-            Reason::OnDemand => "on_demand",
-            Reason::Signal => "signal",
-            Reason::Leak => "leak",
+            Reason::Threshold { .. } => ReasonKind::Threshold,
+            Reason::Eta { .. } => ReasonKind::Eta,
+            Reason::OnDemand => ReasonKind::OnDemand,
+            Reason::Signal => ReasonKind::Signal,
+            Reason::Leak => ReasonKind::Leak,
         }
     }
 
@@ -45,7 +46,7 @@ impl Reason {
     pub fn slug(&self) -> String {
         match self {
             Reason::Threshold { threshold } => format!("threshold-{:.0}", threshold * 100.0),
-            other => other.kind().replace('_', "-"),
+            other => other.kind().name().replace('_', "-"),
         }
     }
 
@@ -313,7 +314,7 @@ mod tests {
                 eta_seconds: (minute % 2 == 1).then_some(0.0),
             };
             if let Some(reason) = t.evaluate(now, seen, None) {
-                if reason.kind() == "eta" {
+                if reason.kind() == ReasonKind::Eta {
                     eta_dumps += 1;
                 }
                 t.dumped(now);
@@ -349,6 +350,6 @@ mod tests {
     fn slugs_for_file_names() {
         assert_eq!(Reason::Threshold { threshold: 0.95 }.slug(), "threshold-95");
         assert_eq!(Reason::OnDemand.slug(), "on-demand");
-        assert_eq!(Reason::Eta { seconds: 3.0 }.kind(), "eta");
+        assert_eq!(Reason::Eta { seconds: 3.0 }.kind().name(), "eta");
     }
 }

@@ -2,7 +2,16 @@
 //! the heap counters, the top call sites, and the recent series — what an on-call engineer
 //! reads first, and what the next instance reports at start-up.
 
+use super::triggers::Reason;
+use crate::detect::{Suspect, Verdict};
+use crate::memory::MemoryReading;
+use crate::profile::{Profile, SampleType};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Call sites listed in a summary.
+const TOP_SITES: usize = 10;
 
 /// The `format` field of every summary this version writes.
 pub const SUMMARY_FORMAT: &str = "heapwatch-dump/1";
@@ -54,10 +63,10 @@ pub struct DumpSummary {
     pub series: Vec<SeriesPoint>,
     /// The leak detector's verdict when the dump was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<crate::detect::Verdict>,
+    pub verdict: Option<Verdict>,
     /// Call sites whose live bytes kept rising, fastest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub suspects: Vec<crate::detect::Suspect>,
+    pub suspects: Vec<Suspect>,
     /// The other files of the set (names within the same directory).
     pub files: DumpFiles,
 }
@@ -75,8 +84,8 @@ pub struct HeapCounters {
     pub allocated_objects: u64,
 }
 
-impl From<crate::HeapStats> for HeapCounters {
-    fn from(stats: crate::HeapStats) -> Self {
+impl From<crate::counters::HeapStats> for HeapCounters {
+    fn from(stats: crate::counters::HeapStats) -> Self {
         HeapCounters {
             live_bytes: stats.live_bytes,
             live_objects: stats.live_objects,
@@ -128,11 +137,76 @@ pub struct DumpFiles {
     pub diff_flamegraph: Option<String>,
 }
 
+/// What a dump knows beside its profile: why, when, the memory, and the detector's state.
+pub(crate) struct DumpContext<'a> {
+    pub(crate) reason: &'a Reason,
+    pub(crate) unix_ms: u64,
+    pub(crate) memory: &'a MemoryReading,
+    pub(crate) series: Vec<SeriesPoint>,
+    pub(crate) verdict: Verdict,
+    pub(crate) suspects: Vec<Suspect>,
+}
+
+impl DumpSummary {
+    /// The summary of a dump of `profile`, the heap counters and heapwatch's own figures read
+    /// now; its `files` are filled in by the writer.
+    pub(crate) fn assemble(context: DumpContext<'_>, profile: &Profile) -> DumpSummary {
+        let DumpContext {
+            reason,
+            unix_ms,
+            memory,
+            series,
+            verdict,
+            suspects,
+        } = context;
+        DumpSummary {
+            format: SUMMARY_FORMAT.to_owned(),
+            reason: reason.kind().name().to_owned(),
+            reason_detail: reason.describe(),
+            threshold: match reason {
+                Reason::Threshold { threshold } => Some(*threshold),
+                _ => None,
+            },
+            eta_seconds: match reason {
+                Reason::Eta { seconds } => Some(*seconds),
+                _ => None,
+            },
+            time: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms))
+                .to_string(),
+            unix_ms,
+            pid: std::process::id(),
+            program: program_name(),
+            limit_bytes: memory.limit,
+            limit_source: memory.limit_source.to_owned(),
+            usage_bytes: memory.usage,
+            working_set_bytes: memory.working_set,
+            usage_fraction: memory.fraction(),
+            oom_kills: memory.oom_kills,
+            heap: crate::counters::stats().into(),
+            profiler_bytes: crate::table::profiler_stats().profiler_bytes,
+            sample_rate_bytes: crate::sampler::sample_rate(),
+            top_sites: top_sites(profile, TOP_SITES),
+            series,
+            verdict: Some(verdict),
+            suspects,
+            files: DumpFiles::default(),
+        }
+    }
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
 /// The top sites of a profile by live bytes.
-pub(crate) fn top_sites(profile: &crate::Profile, count: usize) -> Vec<TopSite> {
-    let total = profile.total(crate::SampleType::InuseSpace).max(1) as f64;
+pub(crate) fn top_sites(profile: &Profile, count: usize) -> Vec<TopSite> {
+    let total = profile.total(SampleType::InuseSpace).max(1) as f64;
     profile
-        .culprits(crate::SampleType::InuseSpace, &crate::plumbing())
+        .culprits(SampleType::InuseSpace, &crate::plumbing::plumbing())
         .into_iter()
         .filter(|f| f.flat > 0)
         .take(count)
