@@ -3,6 +3,8 @@
 //! `diff` and `timeline` write well-formed SVGs naming what they should (the timeline rendered
 //! by headless Chromium); `ls` lists the sets; `symbolize` names a profile stripped of names;
 //! corrupt inputs give a one-line error and a non-zero exit, never a panic.
+//!
+//! Frame-pointer pass: not needed — the CLI reads profiles written by either walk through the same decoder and symbolizer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

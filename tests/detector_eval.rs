@@ -3,6 +3,8 @@
 //! at least 0.5 % of the limit per minute within 10 simulated minutes (≥ 97 % with spikes or
 //! sawtooth caches on top); at most 1 % `leak` verdicts over 24 simulated hours of spike-only
 //! and sawtooth-only series; `limit_too_low` and `spike` told apart on their own series.
+//!
+//! Frame-pointer pass: not needed — synthetic series; no stack is captured.
 
 #[path = "../examples/detector_eval.rs"]
 mod eval;

@@ -5,6 +5,8 @@
 //!
 //! The read-only and full cases need root and permission to mount; without it they say so
 //! loudly and are skipped, unless `HEAPWATCH_REQUIRE_PRIVILEGED=1` (set by `.ci/run`).
+//!
+//! Frame-pointer pass: not needed — file-system faults while writing; what the profile holds does not matter.
 
 use heapwatch::watch::{list_sets, read_summary, Watch};
 use std::fs;

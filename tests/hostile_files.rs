@@ -5,6 +5,8 @@
 //!
 //! One process, one watch at a time, so the cases run in order from `main`; the second instance
 //! is this binary again, started as a child (`HOSTILE_FILES_CHILD`).
+//!
+//! Frame-pointer pass: not needed — files planted in the dump directory; what the profile holds does not matter.
 
 use heapwatch::watch::{self, list_sets, read_summary, Cgroup, CgroupVersion, DumpSet, Watch};
 use std::fs;

@@ -4,6 +4,8 @@
 //! listener must keep working.
 //!
 //! `harness = false`: the child returns from this `main`, exactly as a service's would.
+//!
+//! Frame-pointer pass: not needed — handles inherited across fork; `hostile_fork` runs the walks across forks.
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Fork safety over jemalloc: see `fork_storm`.
+//!
+//! Frame-pointer pass: not needed — jemalloc's own fork handlers; `hostile_fork` runs the walks across forks in this pass.
 
 mod common;
 mod fork_storm;

@@ -7,6 +7,8 @@
 //! forks while no other test thread allocates, and the descriptor-limit scenario runs this
 //! binary again as a child with a low `RLIMIT_NOFILE`. `cargo test --test hostile_http -- NAME`
 //! runs the scenarios whose name contains NAME.
+//!
+//! Frame-pointer pass: not needed — the listener's time and descriptors; what the profile holds does not matter.
 
 mod common;
 

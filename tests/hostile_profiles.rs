@@ -19,6 +19,8 @@
 //! (or, for the library, a 1 GiB allocation ceiling), so an unbounded decoder fails fast here
 //! instead of taking a shared machine's memory. `harness = false`: the cases run one after the
 //! other, never two memory measurements at once.
+//!
+//! Frame-pointer pass: not needed — hostile input to the decoder; no stack is captured.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -6,6 +6,8 @@
 //!
 //! One process, the scenarios in order, `harness = false`: signal dispositions are
 //! process-wide, and the last scenario leaves heapwatch's handler out for good.
+//!
+//! Frame-pointer pass: not needed — SIGUSR1 dispositions; no stack is captured on the signal path.
 
 use heapwatch::watch::{Watch, WatchHandle};
 use std::path::{Path, PathBuf};

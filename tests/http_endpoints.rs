@@ -4,6 +4,8 @@
 //! `heapwatch_heap_live_bytes` through its query API; headless Chromium renders the flamegraph
 //! page into a screenshot that is not blank. Each tool is required: a missing one fails the
 //! test, saying which Debian package provides it (`.ci/run` installs them).
+//!
+//! Frame-pointer pass: not needed — real clients read the profile through the same encoder whichever walk captured it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

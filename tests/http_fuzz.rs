@@ -1,6 +1,8 @@
 //! The listener against hostile and broken input: random paths, queries, headers and bodies,
 //! oversized and truncated requests, path tricks on the dump downloads, wrong methods and
 //! tokens. No panic, the right status codes, and it keeps serving.
+//!
+//! Frame-pointer pass: not needed — the listener's parser; what the profile holds does not matter.
 
 use heapwatch::http::{Limits, Server};
 use std::io::{Read, Write};

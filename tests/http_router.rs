@@ -2,6 +2,8 @@
 //! prefix, the index answers and every link on it resolves under that prefix (not to the
 //! service's own pages); the built-in listener at the root keeps working; and both list the
 //! dumps of the running watch, whatever directory it was built with. Feature `axum`.
+//!
+//! Frame-pointer pass: not needed — page routing inside axum; what the profile holds does not matter.
 #![cfg(feature = "axum")]
 
 mod common;

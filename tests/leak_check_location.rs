@@ -1,5 +1,7 @@
 //! A failing `assert_no_leak` is reported at the test's own line, as `assert!` is, not at a
 //! line inside heapwatch. One test in this binary: it replaces the process's panic hook.
+//!
+//! Frame-pointer pass: not needed — the panic's location, not a captured stack.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,8 @@
 //! a `.debug` file found through `.gnu_debuglink` (the helper named as with DWARF built in).
 //!
 //! Requires Go (`golang-go`) and objcopy (`binutils`); a missing tool fails the test.
+//!
+//! Frame-pointer pass: not needed — the service as it ships (no frame pointers); naming under the frame-pointer walk is checked by `demo_outputs`, `source_lines` and `mixed_service`.
 
 #![cfg(feature = "axum")]
 
