@@ -1,7 +1,7 @@
 //! Every figure through the `metrics` facade, so a service keeps its own exporter: the watch
-//! thread hands each tick's [`Latest`] to [`record`], and the built-in listener renders the same
-//! figures for `/metrics` from what was last [`published`](crate::published). Names and units
-//! follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
+//! thread records each tick's [`Latest`] as it publishes it, and [`update`] (which the built-in
+//! listener's `/metrics` also uses) records what was last [`published`]. Names and units follow
+//! Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
 
 use crate::detect::VerdictKind;
 use crate::published::{self, Latest};
@@ -120,7 +120,7 @@ pub fn describe() {
 }
 
 /// Publishes every figure to the current `metrics` recorder: the heap's counters now, and the
-/// watch's figures as it last [published](crate::published) them.
+/// watch's figures as it last [published] them.
 ///
 /// ```
 /// heapwatch::metrics_export::update(); // a no-op without a recorder
