@@ -263,6 +263,20 @@ mod tests {
         assert!(svg.contains("grower") && svg.contains("steady"));
     }
 
+    #[cfg(not(feature = "flamegraph"))]
+    #[test]
+    fn differential_flamegraph_without_inferno_is_the_placeholder() {
+        let mut svg = Vec::new();
+        write_diff(&[], &profile(&[("grower", 900)]), &mut svg).unwrap();
+        let mut placeholder = Vec::new();
+        crate::encode::write_flamegraph_placeholder(
+            crate::encode::FlamegraphPlaceholder::Page,
+            &mut placeholder,
+        )
+        .unwrap();
+        assert_eq!(svg, placeholder);
+    }
+
     // The page `/debug/heap/diff.svg` answered 500 whenever no sampled block was live.
     #[cfg(feature = "flamegraph")]
     #[test]
