@@ -21,8 +21,7 @@
 //! fine rate, 1 KiB, while the check runs), so tests running in parallel on other threads
 //! disturb neither the verdict nor the sites it names.
 
-use crate::{Profile, SampleType};
-use std::collections::HashMap;
+use crate::profile::{Profile, SampleType};
 use std::sync::{Mutex, PoisonError};
 
 /// Mean sampling interval while a check runs: fine enough to name sites that leak a few KiB.
@@ -140,13 +139,13 @@ impl FineSampling {
         let first = active.0 == 0;
         active.0 += 1;
         if first {
-            active.1 = crate::sample_rate();
+            active.1 = crate::sampler::sample_rate();
         }
         // Finer already (a test may sample every byte): keep it; off: turn it on.
         let coarse = active.1 == 0 || active.1 > CHECK_SAMPLE_RATE;
         if first && coarse {
             // Redraws the calling thread's interval too.
-            crate::set_sample_rate(CHECK_SAMPLE_RATE);
+            crate::sampler::set_sample_rate(CHECK_SAMPLE_RATE);
         } else {
             // The rate is already what the check needs, but a thread applies a rate set
             // elsewhere only at its next sampling point, so this one may still be counting down
@@ -162,36 +161,23 @@ impl Drop for FineSampling {
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
         active.0 -= 1;
         if active.0 == 0 {
-            crate::set_sample_rate(active.1);
+            crate::sampler::set_sample_rate(active.1);
         }
     }
 }
 
+/// The sites whose live bytes grew from `before` to `after`, named as culprits are (past the
+/// plumbing), largest growth first.
 fn growing_sites(before: &Profile, after: &Profile) -> Vec<GrowingSite> {
-    let live = |profile: &Profile| -> HashMap<String, i64> {
-        profile
-            .culprits(SampleType::InuseSpace, &crate::plumbing())
-            .into_iter()
-            .map(|f| (f.function, f.flat))
-            .collect()
-    };
-    let before = live(before);
-    let mut sites: Vec<GrowingSite> = live(after)
+    let plumbing = crate::plumbing::plumbing();
+    after
+        .growth_since(before, SampleType::InuseSpace, Some(&plumbing))
         .into_iter()
-        .filter_map(|(function, now)| {
-            let grown = now - before.get(&function).copied().unwrap_or(0);
-            (grown > 0).then_some(GrowingSite {
-                function,
-                grown_bytes: grown,
-            })
+        .map(|growth| GrowingSite {
+            function: growth.function,
+            grown_bytes: growth.grown,
         })
-        .collect();
-    sites.sort_by(|a, b| {
-        b.grown_bytes
-            .cmp(&a.grown_bytes)
-            .then_with(|| a.function.cmp(&b.function))
-    });
-    sites
+        .collect()
 }
 
 #[cfg(test)]
@@ -202,18 +188,18 @@ mod tests {
     // The only unit test that changes the sample rate: nothing runs beside it to race.
     #[test]
     fn overlapping_and_panicking_checks_restore_the_rate_once_all_end() {
-        crate::set_sample_rate(300_000);
+        crate::sampler::set_sample_rate(300_000);
         let first = FineSampling::begin();
         let second = FineSampling::begin();
-        assert_eq!(crate::sample_rate(), CHECK_SAMPLE_RATE);
+        assert_eq!(crate::sampler::sample_rate(), CHECK_SAMPLE_RATE);
         drop(first);
         assert_eq!(
-            crate::sample_rate(),
+            crate::sampler::sample_rate(),
             CHECK_SAMPLE_RATE,
             "the other check still runs"
         );
         drop(second);
-        assert_eq!(crate::sample_rate(), 300_000);
+        assert_eq!(crate::sampler::sample_rate(), 300_000);
 
         let rate_when_it_panicked = std::sync::atomic::AtomicU64::new(0);
         let panicked = std::panic::catch_unwind(|| {
@@ -221,7 +207,7 @@ mod tests {
             let _ = check(50, 0, || {
                 calls += 1;
                 if calls == 30 {
-                    rate_when_it_panicked.store(crate::sample_rate(), Ordering::Relaxed);
+                    rate_when_it_panicked.store(crate::sampler::sample_rate(), Ordering::Relaxed);
                     panic!("the closure under test fails");
                 }
             });
@@ -232,12 +218,16 @@ mod tests {
             CHECK_SAMPLE_RATE,
             "it panicked inside the measured iterations"
         );
-        assert_eq!(crate::sample_rate(), 300_000, "restored after a panic");
+        assert_eq!(
+            crate::sampler::sample_rate(),
+            300_000,
+            "restored after a panic"
+        );
 
-        crate::set_sample_rate(100);
+        crate::sampler::set_sample_rate(100);
         let finer = FineSampling::begin();
-        assert_eq!(crate::sample_rate(), 100, "a finer rate is kept");
+        assert_eq!(crate::sampler::sample_rate(), 100, "a finer rate is kept");
         drop(finer);
-        crate::set_sample_rate(crate::DEFAULT_SAMPLE_RATE_BYTES);
+        crate::sampler::set_sample_rate(crate::sampler::DEFAULT_SAMPLE_RATE_BYTES);
     }
 }

@@ -91,7 +91,8 @@ pub use internal_alloc::profiler_bytes;
 pub use jemalloc_stats::{jemalloc_stats, JemallocStats};
 pub use plumbing::{plumbing, set_plumbing, Plumbing};
 pub use profile::{
-    FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType, UnknownSampleType,
+    FunctionGrowth, FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType,
+    UnknownSampleType,
 };
 pub use sampler::{
     reseed_sampler, sample_rate, set_sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES,

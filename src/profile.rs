@@ -193,6 +193,18 @@ pub struct FunctionTotal {
     pub cum: i64,
 }
 
+/// How much one function's flat total grew between two profiles: a row of
+/// [`Profile::growth_since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionGrowth {
+    /// The function name.
+    pub function: String,
+    /// Its flat total now less its flat total before (0 if it was absent); always positive.
+    pub grown: i64,
+    /// Its flat total now.
+    pub now: i64,
+}
+
 impl Profile {
     /// The sum of one sample type over all samples.
     ///
@@ -278,6 +290,65 @@ impl Profile {
     /// ```
     pub fn top_functions(&self, sample_type: SampleType) -> Vec<FunctionTotal> {
         self.totals(&FunctionNames::of(self), sample_type, |_| 0)
+    }
+
+    /// The functions whose flat total of `sample_type` grew from `before` to `self`, largest
+    /// growth first (then by name): what grew between two profiles of one program.
+    ///
+    /// With `plumbing`, flat totals are [`culprits`](Self::culprits)' (each stack counted at
+    /// its innermost frame outside the plumbing: the sites a leak check names); with `None`,
+    /// [`top_functions`](Self::top_functions)' (each stack at its innermost frame, as
+    /// `go tool pprof -top -diff_base` counts).
+    ///
+    /// ```
+    /// use heapwatch::{Line, Location, Profile, Sample, SampleType};
+    /// let site = |name: &str, bytes: i64| Profile {
+    ///     locations: vec![Location {
+    ///         lines: vec![Line { function: name.into(), ..Line::default() }],
+    ///         ..Location::default()
+    ///     }],
+    ///     samples: vec![Sample { locations: vec![0], values: [1, bytes, 1, bytes] }],
+    ///     ..Profile::default()
+    /// };
+    /// let growth = site("cache::insert", 3000).growth_since(&site("cache::insert", 1000), SampleType::InuseSpace, None);
+    /// assert_eq!((growth[0].function.as_str(), growth[0].grown, growth[0].now), ("cache::insert", 2000, 3000));
+    /// assert!(site("cache::insert", 500).growth_since(&site("cache::insert", 1000), SampleType::InuseSpace, None).is_empty());
+    /// ```
+    pub fn growth_since(
+        &self,
+        before: &Profile,
+        sample_type: SampleType,
+        plumbing: Option<&crate::plumbing::Plumbing>,
+    ) -> Vec<FunctionGrowth> {
+        let flat_totals = |profile: &Profile| match plumbing {
+            Some(plumbing) => profile.culprits(sample_type, plumbing),
+            None => profile.top_functions(sample_type),
+        };
+        let before: std::collections::HashMap<String, i64> = flat_totals(before)
+            .into_iter()
+            .map(|f| (f.function, f.flat))
+            .collect();
+        let mut growth: Vec<FunctionGrowth> = flat_totals(self)
+            .into_iter()
+            .filter_map(|f| {
+                // Saturating, as `total`: a decoded profile's values are whatever its writer
+                // put there.
+                let grown = f
+                    .flat
+                    .saturating_sub(before.get(&f.function).copied().unwrap_or(0));
+                (grown > 0).then_some(FunctionGrowth {
+                    function: f.function,
+                    grown,
+                    now: f.flat,
+                })
+            })
+            .collect();
+        growth.sort_by(|a, b| {
+            b.grown
+                .cmp(&a.grown)
+                .then_with(|| a.function.cmp(&b.function))
+        });
+        growth
     }
 
     /// Flat and cumulative totals per function; `flat` goes to the frame `flat_at` picks from
@@ -455,6 +526,52 @@ mod tests {
             }],
             ..Location::default()
         }
+    }
+
+    #[test]
+    fn growth_since_counts_at_the_leaf_or_the_culprit() {
+        let stack = |frames: &[usize], bytes| Sample {
+            locations: frames.to_vec(),
+            values: [1, bytes, 1, bytes],
+        };
+        let locations = vec![
+            line("bytes::bytes_mut::BytesMut::reserve_inner"),
+            line("orders::encode_reply"),
+            line("orders::steady"),
+            line("orders::gone"),
+        ];
+        let before = Profile {
+            locations: locations.clone(),
+            samples: vec![stack(&[0, 1], 100), stack(&[2], 50), stack(&[3], 10)],
+            ..Profile::default()
+        };
+        let after = Profile {
+            locations,
+            samples: vec![stack(&[0, 1], 400), stack(&[2], 50), stack(&[1], 100)],
+            ..Profile::default()
+        };
+        let rows = |plumbing: Option<&crate::plumbing::Plumbing>| {
+            after
+                .growth_since(&before, SampleType::InuseSpace, plumbing)
+                .into_iter()
+                .map(|g| (g.function, g.grown, g.now))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(None),
+            [
+                (
+                    "bytes::bytes_mut::BytesMut::reserve_inner".to_owned(),
+                    300,
+                    400
+                ),
+                ("orders::encode_reply".to_owned(), 100, 100),
+            ]
+        );
+        assert_eq!(
+            rows(Some(&crate::plumbing::Plumbing::default())),
+            [("orders::encode_reply".to_owned(), 400, 500)]
+        );
     }
 
     #[test]

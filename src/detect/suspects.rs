@@ -6,7 +6,7 @@
 //! at most [`SNAPSHOTS_KEPT`] snapshots are kept, and the baseline keeps at most
 //! [`BASELINE_STACKS`] stacks.
 
-use crate::{Profile, SampleType};
+use crate::profile::{Profile, SampleType};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -53,7 +53,7 @@ impl SuspectTracker {
     /// the baseline.
     pub fn observe(&mut self, unix_ms: u64, profile: &Profile) {
         let live: HashMap<String, i64> = profile
-            .culprits(SampleType::InuseSpace, &crate::plumbing())
+            .culprits(SampleType::InuseSpace, &crate::plumbing::plumbing())
             .into_iter()
             .filter(|f| f.flat > 0)
             .take(SITES_PER_SNAPSHOT)
@@ -139,48 +139,28 @@ impl SuspectTracker {
     }
 }
 
-/// The differential flamegraph of `now` against folded stacks taken `before`.
+/// The differential flamegraph of `now` against folded stacks taken `before`, titled as the
+/// baseline's: `encode` draws it.
 #[cfg(feature = "flamegraph")]
 pub(crate) fn write_diff<W: io::Write>(
     before: &[String],
     now: &Profile,
     writer: W,
 ) -> io::Result<()> {
-    use inferno::flamegraph::{self, Options};
-    let before = before.join("\n");
-    let after = crate::encode::folded_lines(now, SampleType::InuseSpace).join("\n");
-    if after.is_empty() {
-        // Nothing sampled is live now: the differential would only hold zero widths, which
-        // inferno refuses ("No stack counts found"); say so instead of failing the page.
-        let mut writer = writer;
-        return writer.write_all(
-            concat!(
-                r#"<?xml version="1.0" standalone="no"?>"#,
-                "\n",
-                r#"<svg version="1.1" width="800" height="60" xmlns="http://www.w3.org/2000/svg">"#,
-                r#"<text x="10" y="35" font-family="Verdana" font-size="17">"#,
-                "live heap: now against the baseline: no inuse_space samples now",
-                "</text></svg>\n"
-            )
-            .as_bytes(),
-        );
-    }
-    let mut diff = Vec::new();
-    inferno::differential::from_readers(
-        inferno::differential::Options::default(),
-        before.as_bytes(),
-        after.as_bytes(),
-        &mut diff,
-    )?;
-    let mut options = Options::default();
-    options.title = "live heap: now against the baseline".to_owned();
-    options.subtitle =
-        Some("red grew since the baseline, blue shrank; widths are live bytes now".to_owned());
-    options.count_name = "bytes".to_owned();
-    if diff.is_empty() {
-        diff.extend_from_slice(b"[no samples] 0 0\n");
-    }
-    flamegraph::from_reader(&mut options, &diff[..], writer)
+    const TITLE: &str = "live heap: now against the baseline";
+    let options = crate::encode::DiffFlamegraphOptions {
+        title: TITLE.to_owned(),
+        subtitle: "red grew since the baseline, blue shrank; widths are live bytes now".to_owned(),
+        count_name: "bytes".to_owned(),
+        // Nothing sampled is live now: say so instead of failing the page.
+        empty_after_note: Some(format!("{TITLE}: no inuse_space samples now")),
+    };
+    crate::encode::write_diff_flamegraph(
+        before.join("\n"),
+        crate::encode::folded_text(now, SampleType::InuseSpace),
+        &options,
+        writer,
+    )
 }
 
 /// Without the `flamegraph` feature: an SVG that says so.
@@ -188,9 +168,9 @@ pub(crate) fn write_diff<W: io::Write>(
 pub(crate) fn write_diff<W: io::Write>(
     _before: &[String],
     _now: &Profile,
-    mut writer: W,
+    writer: W,
 ) -> io::Result<()> {
-    writer.write_all(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n")
+    crate::encode::write_flamegraph_placeholder(crate::encode::FlamegraphPlaceholder::Page, writer)
 }
 
 fn baseline_lines(profile: &Profile) -> Vec<String> {
@@ -281,6 +261,20 @@ mod tests {
             .unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.contains("grower") && svg.contains("steady"));
+    }
+
+    #[cfg(not(feature = "flamegraph"))]
+    #[test]
+    fn differential_flamegraph_without_inferno_is_the_placeholder() {
+        let mut svg = Vec::new();
+        write_diff(&[], &profile(&[("grower", 900)]), &mut svg).unwrap();
+        let mut placeholder = Vec::new();
+        crate::encode::write_flamegraph_placeholder(
+            crate::encode::FlamegraphPlaceholder::Page,
+            &mut placeholder,
+        )
+        .unwrap();
+        assert_eq!(svg, placeholder);
     }
 
     // The page `/debug/heap/diff.svg` answered 500 whenever no sampled block was live.

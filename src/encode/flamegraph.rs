@@ -1,6 +1,8 @@
-//! Flamegraph SVGs through inferno, from the folded stacks.
+//! Flamegraph SVGs through inferno, from the folded stacks: one profile's, and the
+//! differential of two (the CLI's `diff`, the watch's now-against-baseline).
 
 use super::folded::folded_lines;
+use super::svg::write_note;
 use crate::profile::{Profile, SampleType};
 use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 use std::io::{self, Write};
@@ -51,26 +53,75 @@ pub fn write_flamegraph_min_width<W: Write>(
 }
 
 fn write_empty<W: Write>(title: &str, sample_type: SampleType, mut writer: W) -> io::Result<()> {
-    let text = xml_escape(&format!("{title}: no {} samples", sample_type.name()));
-    write!(
-        writer,
-        concat!(
-            r#"<?xml version="1.0" standalone="no"?>"#,
-            "\n",
-            r#"<svg version="1.1" width="800" height="60" xmlns="http://www.w3.org/2000/svg">"#,
-            r#"<text x="20" y="35" font-family="Verdana" font-size="17">{}</text></svg>"#,
-            "\n"
-        ),
-        text
+    write_note(
+        &format!("{title}: no {} samples", sample_type.name()),
+        20,
+        &mut writer,
     )?;
     writer.flush()
 }
 
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// What a differential flamegraph says about itself, for [`write_diff_flamegraph`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiffFlamegraphOptions {
+    /// The title at the top.
+    pub title: String,
+    /// The line under the title (what the colours and widths mean).
+    pub subtitle: String,
+    /// What the widths count: the sample type's unit (`bytes`, `count`).
+    pub count_name: String,
+    /// When set, an `after` without stacks gives a small SVG with this text instead of the
+    /// error inferno answers a differential of only zero widths with ("No stack counts found").
+    pub empty_after_note: Option<String>,
+}
+
+/// Writes the differential flamegraph of the folded stacks `after` against `before` (each the
+/// lines of [`folded_lines`] joined by `\n`): widths are `after`'s values, frames that grew are
+/// red, those that shrank blue.
+///
+/// The texts are taken by value and dropped once compared, before the picture is drawn: a
+/// diff of two large profiles would otherwise hold both texts and the drawing at once.
+///
+/// ```
+/// let before = "main;grow 100\nmain;steady 100".to_owned();
+/// let after = "main;grow 900\nmain;steady 100".to_owned();
+/// let options = heapwatch::encode::DiffFlamegraphOptions {
+///     title: "before → after".into(),
+///     subtitle: "red grew, blue shrank".into(),
+///     count_name: "bytes".into(),
+///     empty_after_note: None,
+/// };
+/// let mut svg = Vec::new();
+/// heapwatch::encode::write_diff_flamegraph(before, after, &options, &mut svg).unwrap();
+/// assert!(String::from_utf8(svg).unwrap().contains("grow"));
+/// ```
+pub fn write_diff_flamegraph<W: Write>(
+    before: String,
+    after: String,
+    options: &DiffFlamegraphOptions,
+    writer: W,
+) -> io::Result<()> {
+    if after.is_empty() {
+        if let Some(note) = &options.empty_after_note {
+            return write_note(note, 10, writer);
+        }
+    }
+    let mut diff = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut diff,
+    )?;
+    drop((before, after));
+    if diff.is_empty() {
+        diff.extend_from_slice(b"[no samples] 0 0\n");
+    }
+    let mut flamegraph_options = Options::default();
+    flamegraph_options.title = options.title.clone();
+    flamegraph_options.subtitle = Some(options.subtitle.clone());
+    flamegraph_options.count_name = options.count_name.clone();
+    flamegraph::from_reader(&mut flamegraph_options, &diff[..], writer)
 }
 
 #[cfg(test)]
@@ -90,5 +141,30 @@ mod tests {
         let text = String::from_utf8(svg).unwrap();
         roxmltree::Document::parse(&text).expect("well-formed");
         assert!(text.contains("no inuse_space samples"));
+    }
+
+    #[test]
+    fn differential_of_nothing_after_is_the_note_or_inferno_s_error() {
+        let mut options = DiffFlamegraphOptions {
+            title: "t".into(),
+            subtitle: "s".into(),
+            count_name: "bytes".into(),
+            empty_after_note: Some("t: no inuse_space samples now".into()),
+        };
+        let mut svg = Vec::new();
+        write_diff_flamegraph("gone 100".into(), String::new(), &options, &mut svg).unwrap();
+        assert_eq!(
+            String::from_utf8(svg).unwrap(),
+            concat!(
+                r#"<?xml version="1.0" standalone="no"?>"#,
+                "\n",
+                r#"<svg version="1.1" width="800" height="60" xmlns="http://www.w3.org/2000/svg">"#,
+                r#"<text x="10" y="35" font-family="Verdana" font-size="17">"#,
+                "t: no inuse_space samples now</text></svg>\n"
+            )
+        );
+        options.empty_after_note = None;
+        let refused = write_diff_flamegraph("gone 100".into(), String::new(), &options, Vec::new());
+        assert!(refused.is_err(), "inferno has no stack to draw");
     }
 }

@@ -51,6 +51,17 @@ pub fn folded_lines(profile: &Profile, sample_type: SampleType) -> Vec<String> {
     lines
 }
 
+/// The folded lines joined by `\n` (no newline after the last): the text a differential
+/// flamegraph compares (see `write_diff_flamegraph`).
+///
+/// ```
+/// let profile = heapwatch::Profile::default();
+/// assert_eq!(heapwatch::encode::folded_text(&profile, heapwatch::SampleType::InuseSpace), "");
+/// ```
+pub fn folded_text(profile: &Profile, sample_type: SampleType) -> String {
+    folded_lines(profile, sample_type).join("\n")
+}
+
 /// Writes the folded lines, one per line.
 pub fn write_folded<W: Write>(
     profile: &Profile,

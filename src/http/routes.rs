@@ -191,8 +191,7 @@ fn flamegraph(profile: &crate::profile::Profile, out: &mut Vec<u8>) -> std::io::
     #[cfg(not(feature = "flamegraph"))]
     {
         let _ = profile;
-        out.extend_from_slice(b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n");
-        Ok(())
+        crate::encode::write_flamegraph_placeholder(crate::encode::FlamegraphPlaceholder::Page, out)
     }
 }
 

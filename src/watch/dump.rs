@@ -745,10 +745,10 @@ fn write_svg(profile: &Profile, out: &mut Vec<u8>) -> io::Result<()> {
     {
         // Without inferno the set still carries an SVG, one that says how to get the picture.
         let _ = (profile, SampleType::InuseSpace);
-        out.extend_from_slice(
-            b"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">heapwatch built without the flamegraph feature: open the .pb.gz with go tool pprof</text></svg>\n",
-        );
-        Ok(())
+        crate::encode::write_flamegraph_placeholder(
+            crate::encode::FlamegraphPlaceholder::DumpSet,
+            out,
+        )
     }
 }
 

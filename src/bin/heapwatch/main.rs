@@ -323,46 +323,24 @@ fn diff(
     if before.samples.is_empty() && after.samples.is_empty() {
         return Err("both profiles have no samples".to_owned());
     }
-    let flat = |profile: &Profile| -> std::collections::HashMap<String, i64> {
-        profile
-            .top_functions(sample)
-            .into_iter()
-            .map(|f| (f.function, f.flat))
-            .collect()
-    };
-    let (old, new_flat) = (flat(&before), flat(&after));
+    // What grew, and the totals, before the profiles make way for their folded text.
+    let growers = after.growth_since(&before, sample, None);
     let totals = (before.total(sample), after.total(sample));
-    // Each profile as folded text, the profile and its lines freed as soon as it is made.
-    let folded_text =
-        |profile: Profile| heapwatch::encode::folded_lines(&profile, sample).join("\n");
-    let before_text = folded_text(before);
-    let after_text = folded_text(after);
-    let mut folded = Vec::new();
-    inferno::differential::from_readers(
-        inferno::differential::Options::default(),
-        before_text.as_bytes(),
-        after_text.as_bytes(),
-        &mut folded,
-    )
-    .map_err(|e| e.to_string())?;
-    drop((before_text, after_text));
-    if folded.is_empty() {
-        folded.extend_from_slice(b"[no samples] 0 0\n");
-    }
+    // Each profile as folded text, the profile freed as soon as its text is made.
+    let before_text = heapwatch::encode::folded_text(&before, sample);
+    drop(before);
+    let after_text = heapwatch::encode::folded_text(&after, sample);
+    drop(after);
+    let options = heapwatch::encode::DiffFlamegraphOptions {
+        title: format!("{} → {} ({})", title(base), title(new), sample.name()),
+        subtitle: "red grew, blue shrank; widths are the new profile".to_owned(),
+        count_name: sample.unit().to_owned(),
+        empty_after_note: None,
+    };
     write_file(output, |out| {
-        let mut options = inferno::flamegraph::Options::default();
-        options.title = format!("{} → {} ({})", title(base), title(new), sample.name());
-        options.subtitle = Some("red grew, blue shrank; widths are the new profile".to_owned());
-        options.count_name = sample.unit().to_owned();
-        inferno::flamegraph::from_reader(&mut options, &folded[..], out)
+        heapwatch::encode::write_diff_flamegraph(before_text, after_text, &options, out)
     })?;
 
-    let mut growers: Vec<(String, i64, i64)> = new_flat
-        .iter()
-        .map(|(f, &now)| (f.clone(), now - old.get(f).copied().unwrap_or(0), now))
-        .filter(|(_, grown, _)| *grown > 0)
-        .collect();
-    growers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     println!(
         "{}: {} → {}",
         sample.name(),
@@ -370,11 +348,12 @@ fn diff(
         format_value(totals.1, sample)
     );
     println!("{:>10} {:>10}  function (top growers)", "grew", "now");
-    for (function, grown, now) in growers.iter().take(n) {
+    for grower in growers.iter().take(n) {
         println!(
-            "{:>10} {:>10}  {function}",
-            format!("+{}", format_value(*grown, sample)),
-            format_value(*now, sample)
+            "{:>10} {:>10}  {}",
+            format!("+{}", format_value(grower.grown, sample)),
+            format_value(grower.now, sample),
+            grower.function
         );
     }
     println!("wrote {}", output.display());

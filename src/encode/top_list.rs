@@ -1,6 +1,7 @@
-//! A short text summary of a profile's top call sites, for people reading a terminal or a log.
+//! Text top lists: a profile's top call sites as a short table, for people reading a terminal
+//! or a log, and the byte counts they print.
 
-use crate::profile::{Profile, SampleType};
+use crate::profile::{FunctionTotal, Profile, SampleType};
 use std::io::{self, Write};
 
 /// Formats a byte count with a binary unit (`64.0 MiB`).
@@ -27,7 +28,7 @@ pub fn human_bytes(bytes: i64) -> String {
 /// object counts and allocation totals.
 pub fn write_top_text<W: Write>(profile: &Profile, limit: usize, mut writer: W) -> io::Result<()> {
     // Culprits: the program's functions, past the libraries that allocate for them.
-    let plumbing = crate::plumbing();
+    let plumbing = crate::plumbing::plumbing();
     let space = profile.culprits(SampleType::InuseSpace, &plumbing);
     let objects = profile.culprits(SampleType::InuseObjects, &plumbing);
     let allocated = profile.culprits(SampleType::AllocSpace, &plumbing);
@@ -44,7 +45,7 @@ pub fn write_top_text<W: Write>(profile: &Profile, limit: usize, mut writer: W) 
         "inuse", "%", "objects", "allocated"
     )?;
     for site in space.iter().filter(|s| s.flat > 0).take(limit) {
-        let find = |list: &[crate::profile::FunctionTotal]| {
+        let find = |list: &[FunctionTotal]| {
             list.iter()
                 .find(|t| t.function == site.function)
                 .map_or(0, |t| t.flat)
