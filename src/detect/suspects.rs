@@ -6,6 +6,7 @@
 //! at most [`SNAPSHOTS_KEPT`] snapshots are kept, and the baseline keeps at most
 //! [`BASELINE_STACKS`] stacks.
 
+use crate::plumbing::Plumbing;
 use crate::profile::{Profile, SampleType};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -49,11 +50,11 @@ pub struct SuspectTracker {
 }
 
 impl SuspectTracker {
-    /// Records the live bytes per site of `profile`, taken at `unix_ms`; the first call sets
-    /// the baseline.
-    pub fn observe(&mut self, unix_ms: u64, profile: &Profile) {
+    /// Records the live bytes per site of `profile`, taken at `unix_ms`, each site named by
+    /// its first frame outside `plumbing`; the first call sets the baseline.
+    pub fn observe(&mut self, unix_ms: u64, profile: &Profile, plumbing: &Plumbing) {
         let live: HashMap<String, i64> = profile
-            .culprits(SampleType::InuseSpace, &crate::plumbing::plumbing())
+            .culprits(SampleType::InuseSpace, plumbing)
             .into_iter()
             .filter(|f| f.flat > 0)
             .take(SITES_PER_SNAPSHOT)
@@ -230,6 +231,7 @@ mod tests {
                     ("cache", 5000),
                     ("bursty", *burst + 1),
                 ]),
+                &Plumbing::default(),
             );
         }
         let suspects = tracker.suspects();
@@ -244,7 +246,11 @@ mod tests {
     fn bounded() {
         let mut tracker = SuspectTracker::default();
         for i in 0..20u64 {
-            tracker.observe(i * 1000, &profile(&[("a", i as i64 + 1)]));
+            tracker.observe(
+                i * 1000,
+                &profile(&[("a", i as i64 + 1)]),
+                &Plumbing::default(),
+            );
         }
         assert_eq!(tracker.snapshots(), SNAPSHOTS_KEPT);
         assert_eq!(tracker.baseline_unix_ms(), Some(0));
@@ -254,7 +260,11 @@ mod tests {
     #[test]
     fn differential_flamegraph_names_the_grower() {
         let mut tracker = SuspectTracker::default();
-        tracker.observe(0, &profile(&[("grower", 100), ("steady", 100)]));
+        tracker.observe(
+            0,
+            &profile(&[("grower", 100), ("steady", 100)]),
+            &Plumbing::default(),
+        );
         let mut svg = Vec::new();
         tracker
             .write_diff_flamegraph(&profile(&[("grower", 900), ("steady", 100)]), &mut svg)

@@ -237,7 +237,8 @@ impl TickLogic {
             return None;
         }
         let first = self.suspects.baseline_unix_ms().is_none();
-        self.suspects.observe(unix_ms, &snapshot());
+        self.suspects
+            .observe(unix_ms, &snapshot(), &crate::plumbing::plumbing());
         self.last_suspect_snapshot = Some(now);
         if first {
             self.suspects.baseline_lines().map(<[String]>::to_vec)
