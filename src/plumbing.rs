@@ -280,10 +280,10 @@ mod tests {
         assert!(!is_machinery("heapwatch_user::handler"));
     }
 
-    fn line(function: &str) -> crate::Line {
-        crate::Line {
+    fn line(function: &str) -> crate::profile::Line {
+        crate::profile::Line {
             function: function.to_owned(),
-            ..crate::Line::default()
+            ..crate::profile::Line::default()
         }
     }
 

@@ -44,7 +44,7 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         .map_or(0, |d| d.as_nanos() as i64);
     let mut profile = Profile {
         time_nanos,
-        sample_rate_bytes: crate::sample_rate(),
+        sample_rate_bytes: crate::sampler::sample_rate(),
         ..Profile::default()
     };
     let Some(raw) = table::raw_snapshot(scope) else {

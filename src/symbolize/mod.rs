@@ -235,7 +235,7 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
     let first = !addresses.is_empty() && !symbolizer.named_before;
     symbolizer.named_before |= first;
     let held = symbolizer.heap_bytes();
-    HEAP_BYTES.store(held, Ordering::Relaxed);
+    crate::internal_alloc::set_symbolizer_heap_bytes(held);
     drop(symbolizer);
     let held = first.then_some(held);
     if let Some(held) = held {
@@ -265,15 +265,6 @@ fn module_info(module: &Module) -> ModuleInfo {
         file_offset: code.map_or(0, |s| s.file_offset),
     }
 }
-
-/// Heap bytes held by the symbolizer (symbol indexes, names, address cache, parsed DWARF), as of
-/// the end of the last naming: read without the symbolizer's lock, so that a metrics scrape
-/// never waits out a DWARF load.
-pub(crate) fn heap_bytes() -> usize {
-    HEAP_BYTES.load(Ordering::Relaxed)
-}
-
-static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Symbolizer {
     fn heap_bytes(&self) -> usize {
