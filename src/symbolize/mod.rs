@@ -11,6 +11,7 @@
 //! Runs on the thread that takes the snapshot, never on the allocation path.
 
 mod elf;
+pub(crate) mod leaves;
 pub(crate) mod modules;
 mod offline;
 pub use offline::{symbolize_with_binary, symbolize_with_binary_within, SymbolizeError};
@@ -417,7 +418,7 @@ impl Symbolizer {
     /// The demangled and the raw name of the symbol holding `file_address`, interned.
     fn elf_name(&mut self, index: usize, file_address: u64) -> Option<(StrId, StrId)> {
         if let SymbolSource::NotLoaded = self.sources[index] {
-            self.sources[index] = match load_symbols(&self.modules[index]) {
+            self.sources[index] = match elf::load_symbols(&self.modules[index]) {
                 Some(symbols) => SymbolSource::Loaded(symbols),
                 None => SymbolSource::Unavailable,
             };
@@ -478,26 +479,6 @@ impl Symbolizer {
                 .collect(),
         }
     }
-}
-
-/// The symbol table of a module: its own, or — when it was stripped to its exported symbols —
-/// the full one of its separate debug file (`objcopy --only-keep-debug` keeps `.symtab`).
-fn load_symbols(module: &Module) -> Option<ElfSymbols> {
-    if !module.has_file() {
-        return None;
-    }
-    let own = ElfSymbols::load(&module.path);
-    if own.as_ref().is_some_and(ElfSymbols::is_complete) {
-        return own;
-    }
-    #[cfg(feature = "dwarf")]
-    if let Some(debug) = debug_file::find(&module.path, &module.build_id) {
-        let from_debug = ElfSymbols::from_map(debug.map);
-        if from_debug.as_ref().is_some_and(ElfSymbols::is_complete) {
-            return from_debug;
-        }
-    }
-    own
 }
 
 /// Whether the running executable has DWARF line tables (in itself or in a separate debug file)
