@@ -1,6 +1,6 @@
 //! Cutting the allocation machinery from the leaf end of a named profile's stacks, so that a
 //! stack's leaf is the program's function that asked for memory (as Go's heap profiles list the
-//! caller of `make`). Which names are machinery is [`plumbing`](crate::plumbing)'s to say; this
+//! caller of `make`). Which names are machinery is [`plumbing`](mod@crate::plumbing)'s to say; this
 //! runs once the frames have names, after [`symbolize`](super::symbolize) and, for a profile
 //! named offline, after [`offline`](super::offline).
 
