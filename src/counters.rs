@@ -69,6 +69,12 @@ impl CounterBlock {
         bump_owned(&self.freed_objects, 1);
     }
 
+    /// Whether a thread holds this block, for tests.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> bool {
+        self.in_use.load(Ordering::Acquire)
+    }
+
     /// Takes back a free that did not happen (a failed `realloc`). Owner only.
     pub(crate) fn undo_free(&self, bytes: usize) {
         let drop_owned = |counter: &AtomicU64, by: u64| {
@@ -228,8 +234,14 @@ pub fn stats() -> HeapStats {
     total.live_objects = total.allocated_objects.saturating_sub(total.freed_objects);
     total
 }
+
+/// **A test hook, not API**: hidden from the docs, outside any semver promise, and free to
+/// change or go without notice.
+///
 /// Allocations counted without a thread's own block (before it had one, or after its exit hook
-/// ran). For tests that check the thread-exit path is really exercised.
+/// ran), since start. Integration tests (`tests/stress_threads.rs`) read it to check that the
+/// thread-exit path is really exercised: the name's leading underscores keep it out of the way
+/// of anyone browsing the crate's root.
 #[doc(hidden)]
 pub fn __orphan_allocated_objects() -> u64 {
     ORPHAN.allocated_objects.load(Ordering::Relaxed)

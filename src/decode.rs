@@ -816,7 +816,7 @@ mod tests {
     #[test]
     fn random_and_mutated_input_never_panics() {
         let mut bytes = Vec::new();
-        crate::encode::write_pprof(&crate::snapshot(), &mut bytes).unwrap();
+        crate::encode::write_pprof(&crate::snapshot::snapshot(), &mut bytes).unwrap();
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&bytes[..])
             .read_to_end(&mut raw)

@@ -85,3 +85,9 @@ pub(crate) fn arm(exact_live: u64, target_live: u64) {
 pub(crate) fn disarm() {
     WATERMARK.store(i64::MAX, Ordering::Relaxed);
 }
+
+/// The running approximate live heap, for tests.
+#[cfg(test)]
+pub(crate) fn approx_live() -> i64 {
+    APPROX_LIVE.load(Ordering::Relaxed)
+}

@@ -6,6 +6,9 @@
 //! would recurse into sampling while the table lock is held. Keeping them apart also means the
 //! user's heap counters and profiles show only the user's memory, and the profiler's own cost is
 //! measured exactly ([`profiler_bytes`]) instead of guessed.
+//!
+//! The symbolizer's heap figure is published here too ([`symbolizer_heap_bytes`]): this module
+//! sits below both the symbolizer, which measures it, and the table, which reports it.
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -25,6 +28,23 @@ static PROFILER_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// ```
 pub fn profiler_bytes() -> usize {
     PROFILER_BYTES.load(Ordering::Relaxed)
+}
+
+/// The symbolizer's heap (symbol indexes, names, address cache, parsed DWARF) as of the end of
+/// its last naming. Published here by the symbolizer, below everything that reports it, so
+/// that the figures of [`profiler_stats`](crate::table::profiler_stats) are read without the
+/// symbolizer's lock and without the table knowing the symbolizer.
+static SYMBOLIZER_HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Publishes the symbolizer's heap figure (see [`symbolizer_heap_bytes`]).
+pub(crate) fn set_symbolizer_heap_bytes(bytes: usize) {
+    SYMBOLIZER_HEAP_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// Heap bytes held by the symbolizer as of the end of its last naming: read without its lock,
+/// so that a metrics scrape never waits out a DWARF load.
+pub(crate) fn symbolizer_heap_bytes() -> usize {
+    SYMBOLIZER_HEAP_BYTES.load(Ordering::Relaxed)
 }
 
 /// The allocator for heapwatch's own collections (`allocator_api2` containers).

@@ -94,9 +94,7 @@ pub use profile::{
     FunctionGrowth, FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType,
     UnknownSampleType,
 };
-pub use sampler::{
-    reseed_sampler, sample_rate, set_sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES,
-};
+pub use sampler::{sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES};
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
 pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};
 pub use symbolize::{
@@ -104,6 +102,7 @@ pub use symbolize::{
     SymbolizeError,
 };
 pub use table::{profiler_stats, ProfilerStats};
+pub use thread_state::{reseed_sampler, set_sample_rate};
 
 /// jemalloc as an inner allocator: `heapwatch::Alloc<heapwatch::Jemalloc>`.
 #[cfg(feature = "jemalloc")]

@@ -271,7 +271,7 @@ impl Profile {
     pub fn culprits(
         &self,
         sample_type: SampleType,
-        plumbing: &crate::Plumbing,
+        plumbing: &crate::plumbing::Plumbing,
     ) -> Vec<FunctionTotal> {
         let names = FunctionNames::of(self);
         let is_plumbing: Vec<bool> = names.names.iter().map(|n| plumbing.contains(n)).collect();
@@ -495,14 +495,17 @@ mod tests {
             ],
             ..Profile::default()
         };
-        let culprits = profile.culprits(SampleType::InuseSpace, &crate::Plumbing::default());
+        let culprits = profile.culprits(
+            SampleType::InuseSpace,
+            &crate::plumbing::Plumbing::default(),
+        );
         assert_eq!(culprits[0].function, "orders::encode_reply");
         let flat = profile.top_functions(SampleType::InuseSpace);
         assert_eq!(
             flat[0].function,
             "bytes::bytes_mut::BytesMut::reserve_inner"
         );
-        let culprits = profile.culprits(SampleType::InuseSpace, &crate::Plumbing::none());
+        let culprits = profile.culprits(SampleType::InuseSpace, &crate::plumbing::Plumbing::none());
         assert_eq!(
             culprits[0].function,
             "bytes::bytes_mut::BytesMut::reserve_inner"

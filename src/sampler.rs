@@ -6,6 +6,11 @@
 //! came before it, so weighting each sample by the inverse of that probability
 //! ([`unbias_factor`]) gives unbiased estimates of bytes and objects: the scheme Go's runtime and
 //! jemalloc use.
+//!
+//! This module holds the configuration (rate, seed, and a generation that every change bumps)
+//! and the maths; it knows nothing of threads. Each thread's countdown and generator live in
+//! [`thread_state`](crate::thread_state), which reads the configuration from here and applies a
+//! new generation at its next sampling point.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,22 +30,13 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// Hands each thread a distinct stream of the generator.
 static THREAD_STREAMS: AtomicU64 = AtomicU64::new(0);
 
-/// Sets the mean sampling interval in bytes; `0` turns stack sampling off (the exact counters
-/// keep counting). Takes effect at once on the calling thread and at each other thread's next
-/// sampling point (at most 16 MiB of its allocations later when sampling was off).
-///
-/// Samples already taken keep the rate they were taken at, so estimates stay unbiased across a
-/// change.
-///
-/// ```
-/// heapwatch::set_sample_rate(64 * 1024);
-/// assert_eq!(heapwatch::sample_rate(), 64 * 1024);
-/// heapwatch::set_sample_rate(heapwatch::DEFAULT_SAMPLE_RATE_BYTES);
-/// ```
-pub fn set_sample_rate(bytes: u64) {
+/// Stores a new mean sampling interval (0 = off) and opens a new configuration generation, which
+/// every thread applies at its next sampling point. The public setter
+/// ([`set_sample_rate`](crate::thread_state::set_sample_rate)) also applies it to the calling
+/// thread at once: that takes the thread's state, which lives above this module.
+pub(crate) fn configure_rate(bytes: u64) {
     SAMPLE_RATE_BYTES.store(bytes, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Release);
-    crate::thread_state::refresh_sampler();
 }
 
 /// The current mean sampling interval in bytes (0 = off).
@@ -48,17 +44,13 @@ pub fn sample_rate() -> u64 {
     SAMPLE_RATE_BYTES.load(Ordering::Relaxed)
 }
 
-/// Restarts every thread's sampling generator from `seed`, making the sampling decisions of a
-/// single-threaded, deterministic program reproducible (tests, benchmarks).
-///
-/// ```
-/// heapwatch::reseed_sampler(42);
-/// ```
-pub fn reseed_sampler(seed: u64) {
+/// Stores a new base seed, restarts the stream numbering and opens a new configuration
+/// generation (see [`configure_rate`]; the public setter is
+/// [`reseed_sampler`](crate::thread_state::reseed_sampler)).
+pub(crate) fn configure_seed(seed: u64) {
     SEED.store(seed, Ordering::Relaxed);
     THREAD_STREAMS.store(0, Ordering::Relaxed);
     GENERATION.fetch_add(1, Ordering::Release);
-    crate::thread_state::refresh_sampler();
 }
 
 /// The configuration generation, read only on the sampling slow path.

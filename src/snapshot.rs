@@ -3,7 +3,6 @@
 //! The table lock is held only for the copy (into profiler memory). Naming and building run
 //! unlocked, inside the profiler guard, so none of the snapshot's own allocations are sampled.
 
-use crate::plumbing;
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
 use crate::table::{self, RawStackTotals};
@@ -44,7 +43,7 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         .map_or(0, |d| d.as_nanos() as i64);
     let mut profile = Profile {
         time_nanos,
-        sample_rate_bytes: crate::sample_rate(),
+        sample_rate_bytes: crate::sampler::sample_rate(),
         ..Profile::default()
     };
     let Some(raw) = table::raw_snapshot(scope) else {
@@ -115,6 +114,6 @@ fn snapshot_of(scope: table::Scope) -> Profile {
     }
     #[cfg(feature = "dwarf")]
     symbolize::closures_after_callers(&mut profile);
-    plumbing::trim_leaves(&mut profile);
+    symbolize::leaves::trim_leaves(&mut profile);
     profile
 }

@@ -58,16 +58,7 @@ struct Table {
     dropped_samples: u64,
 }
 
-static TABLE: Mutex<Table> = Mutex::new(Table {
-    live: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
-    slot_counts: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
-    frames: PVec::new_in(ProfilerAlloc),
-    stacks: PVec::new_in(ProfilerAlloc),
-    stack_index: HashTable::new_in(ProfilerAlloc),
-    overflow_alloc_objects: 0.0,
-    overflow_alloc_bytes: 0.0,
-    dropped_samples: 0,
-});
+static TABLE: Mutex<Table> = Mutex::new(Table::new());
 
 fn lock() -> MutexGuard<'static, Table> {
     crate::fork::ensure_handlers();
@@ -87,25 +78,7 @@ pub(crate) fn lock_for_fork() -> ForkLock {
 /// (innermost first) is `frames`, made by the calling thread.
 pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) {
     let thread = thread_state::current_thread();
-    let weight = crate::sampler::unbias_factor(size, rate_bytes);
-    let mut table = lock();
-    let stack = table.intern(frames);
-    if stack == OVERFLOW_STACK {
-        table.overflow_alloc_objects += weight;
-        table.overflow_alloc_bytes += weight * size as f64;
-    } else if let Some(entry) = table.stacks.get_mut(stack as usize) {
-        entry.alloc_objects += weight;
-        entry.alloc_bytes += weight * size as f64;
-    }
-    let sample = LiveSample {
-        stack,
-        size,
-        rate_bytes,
-        thread,
-    };
-    if !table.add_live(addr, sample) {
-        table.dropped_samples += 1;
-    }
+    lock().record(addr, size, rate_bytes, frames, thread);
 }
 
 /// Puts back a sample removed by a `realloc` that then failed.
@@ -123,24 +96,71 @@ pub(crate) fn remove(addr: usize) -> Option<LiveSample> {
     // not already), so that a fork from a signal handler interrupting it does not try to take
     // the lock again (see `fork`). Frees are not sampled, so nothing else changes.
     let _inside = thread_state::ProfilerGuard::enter();
-    let mut table = lock();
-    let sample = table.live.remove(&addr)?;
-    let slot = filter::slot(addr);
-    let now_empty = match table.slot_counts.get_mut(&slot) {
-        Some(count) if *count > 1 => {
-            *count -= 1;
-            false
-        }
-        _ => true,
-    };
-    if now_empty {
-        table.slot_counts.remove(&slot);
-        filter::clear(slot);
-    }
-    Some(sample)
+    lock().remove_live(addr)
 }
 
 impl Table {
+    const fn new() -> Table {
+        Table {
+            live: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
+            slot_counts: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
+            frames: PVec::new_in(ProfilerAlloc),
+            stacks: PVec::new_in(ProfilerAlloc),
+            stack_index: HashTable::new_in(ProfilerAlloc),
+            overflow_alloc_objects: 0.0,
+            overflow_alloc_bytes: 0.0,
+            dropped_samples: 0,
+        }
+    }
+
+    /// Records a sampled allocation: its stack's `alloc_*` totals and a live sample.
+    fn record(
+        &mut self,
+        addr: usize,
+        size: u64,
+        rate_bytes: u64,
+        frames: &[usize],
+        thread: ThreadTag,
+    ) {
+        let weight = crate::sampler::unbias_factor(size, rate_bytes);
+        let stack = self.intern(frames);
+        if stack == OVERFLOW_STACK {
+            self.overflow_alloc_objects += weight;
+            self.overflow_alloc_bytes += weight * size as f64;
+        } else if let Some(entry) = self.stacks.get_mut(stack as usize) {
+            entry.alloc_objects += weight;
+            entry.alloc_bytes += weight * size as f64;
+        }
+        let sample = LiveSample {
+            stack,
+            size,
+            rate_bytes,
+            thread,
+        };
+        if !self.add_live(addr, sample) {
+            self.dropped_samples += 1;
+        }
+    }
+
+    /// Forgets the live sample at `addr`, clearing its filter slot once no other sample is in
+    /// it; returns the sample.
+    fn remove_live(&mut self, addr: usize) -> Option<LiveSample> {
+        let sample = self.live.remove(&addr)?;
+        let slot = filter::slot(addr);
+        let now_empty = match self.slot_counts.get_mut(&slot) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => true,
+        };
+        if now_empty {
+            self.slot_counts.remove(&slot);
+            filter::clear(slot);
+        }
+        Some(sample)
+    }
+
     /// Adds a live sample and marks its filter slot; `false` if memory for it ran out.
     fn add_live(&mut self, addr: usize, sample: LiveSample) -> bool {
         if self.live.try_reserve(1).is_err() || self.slot_counts.try_reserve(1).is_err() {
@@ -231,51 +251,57 @@ pub(crate) enum Scope {
 
 /// Copies the table. `None` if profiler memory for the copy could not be had.
 pub(crate) fn raw_snapshot(scope: Scope) -> Option<RawSnapshot> {
-    let table = lock();
-    let mut frames = PVec::new_in(ProfilerAlloc);
-    let mut stacks = PVec::new_in(ProfilerAlloc);
-    frames.try_reserve_exact(table.frames.len()).ok()?;
-    stacks.try_reserve_exact(table.stacks.len() + 1).ok()?;
-    frames.extend_from_slice(&table.frames);
-    let allocated = |objects: f64, bytes: f64| match scope {
-        Scope::Process => RawStackTotals {
-            alloc_objects: objects,
-            alloc_bytes: bytes,
-            ..RawStackTotals::default()
-        },
-        Scope::Thread(_) => RawStackTotals::default(),
-    };
-    for entry in table.stacks.iter() {
-        let totals = allocated(entry.alloc_objects, entry.alloc_bytes);
-        stacks.push((entry.frames_start, entry.frames_len, totals));
-    }
-    let overflowed = table.overflow_alloc_objects > 0.0;
-    let overflow_index = stacks.len();
-    if overflowed {
-        let totals = allocated(table.overflow_alloc_objects, table.overflow_alloc_bytes);
-        stacks.push((0, 0, totals));
-    }
-    let counted = |sample: &&LiveSample| match scope {
-        Scope::Process => true,
-        Scope::Thread(thread) => sample.thread == thread,
-    };
-    for sample in table.live.values().filter(counted) {
-        let index = if sample.stack == OVERFLOW_STACK {
-            overflow_index
-        } else {
-            sample.stack as usize
+    lock().copy(scope)
+}
+
+impl Table {
+    /// The copy [`raw_snapshot`] hands out.
+    fn copy(&self, scope: Scope) -> Option<RawSnapshot> {
+        let mut frames = PVec::new_in(ProfilerAlloc);
+        let mut stacks = PVec::new_in(ProfilerAlloc);
+        frames.try_reserve_exact(self.frames.len()).ok()?;
+        stacks.try_reserve_exact(self.stacks.len() + 1).ok()?;
+        frames.extend_from_slice(&self.frames);
+        let allocated = |objects: f64, bytes: f64| match scope {
+            Scope::Process => RawStackTotals {
+                alloc_objects: objects,
+                alloc_bytes: bytes,
+                ..RawStackTotals::default()
+            },
+            Scope::Thread(_) => RawStackTotals::default(),
         };
-        if let Some((_, _, totals)) = stacks.get_mut(index) {
-            let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
-            totals.inuse_objects += weight;
-            totals.inuse_bytes += weight * sample.size as f64;
+        for entry in self.stacks.iter() {
+            let totals = allocated(entry.alloc_objects, entry.alloc_bytes);
+            stacks.push((entry.frames_start, entry.frames_len, totals));
         }
+        let overflowed = self.overflow_alloc_objects > 0.0;
+        let overflow_index = stacks.len();
+        if overflowed {
+            let totals = allocated(self.overflow_alloc_objects, self.overflow_alloc_bytes);
+            stacks.push((0, 0, totals));
+        }
+        let counted = |sample: &&LiveSample| match scope {
+            Scope::Process => true,
+            Scope::Thread(thread) => sample.thread == thread,
+        };
+        for sample in self.live.values().filter(counted) {
+            let index = if sample.stack == OVERFLOW_STACK {
+                overflow_index
+            } else {
+                sample.stack as usize
+            };
+            if let Some((_, _, totals)) = stacks.get_mut(index) {
+                let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
+                totals.inuse_objects += weight;
+                totals.inuse_bytes += weight * sample.size as f64;
+            }
+        }
+        Some(RawSnapshot {
+            frames,
+            stacks,
+            overflowed,
+        })
     }
-    Some(RawSnapshot {
-        frames,
-        stacks,
-        overflowed,
-    })
 }
 
 /// The profiler's own bookkeeping figures.
@@ -302,8 +328,8 @@ pub struct ProfilerStats {
 /// assert!(own.profiler_bytes > 0);
 /// ```
 pub fn profiler_stats() -> ProfilerStats {
-    // Read before taking the table lock: never hold both locks at once.
-    let symbol_cache_bytes = crate::symbolize::heap_bytes() as u64;
+    // Published by the symbolizer and read without its lock (see `internal_alloc`).
+    let symbol_cache_bytes = crate::internal_alloc::symbolizer_heap_bytes() as u64;
     let table = lock();
     ProfilerStats {
         live_samples: table.live.len() as u64,
@@ -311,5 +337,230 @@ pub fn profiler_stats() -> ProfilerStats {
         dropped_samples: table.dropped_samples,
         profiler_bytes: (crate::internal_alloc::profiler_bytes() + filter::FILTER_BYTES) as u64,
         symbol_cache_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thread_state::{on_fresh_thread, serial_test_guard};
+
+    const RATE: u64 = 64 * 1024;
+
+    /// Addresses no real allocation has in this test binary (the system allocator's blocks
+    /// are far from here), 16-byte aligned like every allocation.
+    fn address(test: usize, i: usize) -> usize {
+        0x7e00_0000_0000 + (test << 24) + i * 16
+    }
+
+    /// The frames of stack `i` of a test: distinct between tests, since the global table
+    /// interns for good.
+    fn frames(test: usize, i: usize) -> [usize; 3] {
+        let base = 0x5a00_0000 + (test << 20) + (i << 4);
+        [base + 1, base + 2, base + 3]
+    }
+
+    /// The totals a copy holds for the stack `frames`.
+    fn totals_of(raw: &RawSnapshot, frames: &[usize]) -> Option<RawStackTotals> {
+        raw.stacks.iter().find_map(|&(start, len, totals)| {
+            (len > 0 && raw.frames[start as usize..][..len as usize] == *frames).then_some(totals)
+        })
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn the_same_frames_intern_once_and_totals_add_up_per_stack() {
+        let mut table = Table::new();
+        let (a, b) = (frames(1, 0), frames(1, 1));
+        table.record(address(1, 0), 100, RATE, &a, ThreadTag::NONE);
+        table.record(address(1, 1), 300, RATE, &a, ThreadTag::NONE);
+        table.record(address(1, 2), 5000, RATE, &b, ThreadTag::NONE);
+        assert_eq!(table.stacks.len(), 2, "two distinct stacks");
+        assert_eq!(table.frames.len(), 6, "each stack's frames stored once");
+        assert_eq!(table.intern(&a), table.intern(&a));
+        assert_ne!(table.intern(&a), table.intern(&b));
+        assert_ne!(
+            table.intern(&a[..2]),
+            table.intern(&a),
+            "a prefix is another stack"
+        );
+
+        let w = |size| crate::sampler::unbias_factor(size, RATE);
+        let raw = table.copy(Scope::Process).expect("copy");
+        let at_a = totals_of(&raw, &a).expect("stack a");
+        assert!(close(at_a.alloc_objects, w(100) + w(300)));
+        assert!(close(at_a.alloc_bytes, w(100) * 100.0 + w(300) * 300.0));
+        assert_eq!(
+            (at_a.inuse_objects, at_a.inuse_bytes),
+            (at_a.alloc_objects, at_a.alloc_bytes)
+        );
+        let at_b = totals_of(&raw, &b).expect("stack b");
+        assert!(close(at_b.inuse_bytes, w(5000) * 5000.0));
+        assert!(!raw.overflowed);
+
+        // A free takes the block out of `inuse_*`; `alloc_*` keeps everything ever allocated.
+        let removed = table.remove_live(address(1, 1)).expect("live");
+        assert_eq!((removed.size, removed.rate_bytes), (300, RATE));
+        assert!(
+            table.remove_live(address(1, 1)).is_none(),
+            "gone after its free"
+        );
+        let at_a_later = totals_of(&table.copy(Scope::Process).unwrap(), &a).unwrap();
+        assert!(close(at_a_later.inuse_bytes, w(100) * 100.0));
+        assert!(close(at_a_later.alloc_bytes, at_a.alloc_bytes));
+        table.remove_live(address(1, 0));
+        table.remove_live(address(1, 2));
+    }
+
+    #[test]
+    fn a_full_stack_table_counts_new_stacks_on_the_overflow_stack() {
+        let mut table = Table::new();
+        for i in 0..MAX_STACKS {
+            assert_ne!(table.intern(&[i + 1]), OVERFLOW_STACK, "stack {i}");
+        }
+        assert_eq!(table.intern(&[7]), 6, "known stacks are still found");
+        assert_eq!(table.intern(&[MAX_STACKS + 1]), OVERFLOW_STACK);
+        table.record(
+            address(2, 0),
+            1 << 20,
+            RATE,
+            &[MAX_STACKS + 1],
+            ThreadTag::NONE,
+        );
+        assert_eq!(
+            table.stacks.len(),
+            MAX_STACKS,
+            "nothing interned past the cap"
+        );
+
+        let raw = table.copy(Scope::Process).expect("copy");
+        assert!(raw.overflowed);
+        let &(_, len, totals) = raw.stacks.last().expect("the overflow stack, last");
+        assert_eq!(len, 0, "the overflow stack has no frames");
+        let w = crate::sampler::unbias_factor(1 << 20, RATE);
+        assert!(close(totals.inuse_bytes, w * (1 << 20) as f64));
+        assert!(close(totals.alloc_objects, w));
+        table.remove_live(address(2, 0));
+    }
+
+    #[test]
+    fn a_thread_scope_counts_only_that_threads_live_blocks_and_no_alloc_figures() {
+        let mut table = Table::new();
+        let (mine, theirs) = (ThreadTag::made_up(0x1000), ThreadTag::made_up(0x2000));
+        let (a, b) = (frames(3, 0), frames(3, 1));
+        table.record(address(3, 0), 4096, RATE, &a, mine);
+        table.record(address(3, 1), 4096, RATE, &b, theirs);
+        let raw = table.copy(Scope::Thread(mine)).expect("copy");
+        let w = crate::sampler::unbias_factor(4096, RATE);
+        let at_a = totals_of(&raw, &a).unwrap();
+        assert!(close(at_a.inuse_bytes, w * 4096.0));
+        assert_eq!((at_a.alloc_objects, at_a.alloc_bytes), (0.0, 0.0));
+        assert_eq!(totals_of(&raw, &b), Some(RawStackTotals::default()));
+        table.remove_live(address(3, 0));
+        table.remove_live(address(3, 1));
+    }
+
+    #[test]
+    fn the_filter_slot_stays_set_while_another_live_sample_shares_it() {
+        let _serial = serial_test_guard();
+        let first = address(4, 0);
+        let second = (1..1 << 26)
+            .map(|i| first + i * 16)
+            .find(|&addr| filter::slot(addr) == filter::slot(first))
+            .expect("a colliding address");
+        let mut table = Table::new();
+        table.record(first, 64, RATE, &frames(4, 0), ThreadTag::NONE);
+        table.record(second, 64, RATE, &frames(4, 0), ThreadTag::NONE);
+        // The same address twice (its free never seen): still one sample in the slot's count.
+        table.record(second, 64, RATE, &frames(4, 0), ThreadTag::NONE);
+        assert!(filter::may_be_sampled(first));
+        assert!(table.remove_live(first).is_some());
+        assert!(
+            filter::may_be_sampled(second),
+            "the other sample is still live"
+        );
+        assert!(table.remove_live(second).is_some());
+        assert!(
+            !filter::may_be_sampled(second),
+            "cleared with the slot's last sample"
+        );
+    }
+
+    #[test]
+    fn insert_remove_and_reinsert_through_the_global_table() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            let _ = thread_state::record_alloc(0); // claims a block: a tag of its own
+            let me = thread_state::current_thread();
+            let addr = address(5, 0);
+            let stack = frames(5, 0);
+            let before = profiler_stats();
+            insert(addr, 4096, RATE, &stack);
+            let during = profiler_stats();
+            assert_eq!(during.live_samples, before.live_samples + 1);
+            assert_eq!(during.stacks, before.stacks + 1);
+            assert!(filter::may_be_sampled(addr));
+            let mine = raw_snapshot(Scope::Thread(me)).expect("copy");
+            assert!(totals_of(&mine, &stack).unwrap().inuse_objects > 0.0);
+
+            // A realloc that failed: the sample goes back as it was.
+            let sample = remove(addr).expect("the sample");
+            assert_eq!(
+                (sample.size, sample.rate_bytes, sample.thread),
+                (4096, RATE, me)
+            );
+            assert!(!filter::may_be_sampled(addr));
+            assert_eq!(profiler_stats().live_samples, before.live_samples);
+            reinsert(addr, sample);
+            assert!(filter::may_be_sampled(addr));
+            assert_eq!(profiler_stats().live_samples, before.live_samples + 1);
+            assert!(remove(addr).is_some());
+            assert!(remove(addr).is_none());
+
+            let after = profiler_stats();
+            assert_eq!(after.live_samples, before.live_samples);
+            assert_eq!(
+                after.stacks,
+                before.stacks + 1,
+                "stacks are interned for good"
+            );
+            assert_eq!(after.dropped_samples, before.dropped_samples);
+        });
+    }
+
+    #[test]
+    fn the_tables_memory_is_profiler_memory() {
+        // 2,000 stacks of 32 frames: 500 KiB of frames alone. Other tests' snapshots take and
+        // give back small copies meanwhile, hence the margin.
+        const STACKS: usize = 2000;
+        const DEPTH: usize = 32;
+        let frame_bytes = (STACKS * DEPTH * std::mem::size_of::<usize>()) as i64;
+        let margin = 128 << 10;
+        let own = || crate::internal_alloc::profiler_bytes() as i64;
+        let before = own();
+        let mut table = Table::new();
+        for i in 0..STACKS {
+            let stack: Vec<usize> = (0..DEPTH).map(|d| 0x4000_0000 + i * DEPTH + d).collect();
+            assert_ne!(table.intern(&stack), OVERFLOW_STACK);
+        }
+        let grown = own() - before;
+        assert!(
+            grown >= frame_bytes - margin,
+            "grew {grown} for {frame_bytes}"
+        );
+        drop(table);
+        let given_back = before + grown - own();
+        assert!(given_back >= frame_bytes - margin, "gave back {given_back}");
+
+        let stats = profiler_stats();
+        assert!(stats.profiler_bytes >= filter::FILTER_BYTES as u64);
+        assert_eq!(
+            stats.symbol_cache_bytes,
+            crate::internal_alloc::symbolizer_heap_bytes() as u64,
+            "the symbolizer's published figure"
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! The fast paths ([`record_alloc`], [`record_free`]) are a countdown, a branch and two owned
 //! counter updates. Everything else — a thread's first allocation, a sampling point, a thread
 //! that has exited — takes the cold paths below.
+//!
+//! Data flows down from here: this module reads [`counters`], [`sampler`] and
+//! [`early_wake`](crate::early_wake), and none of them names it. That is why the public
+//! sampling setters ([`set_sample_rate`], [`reseed_sampler`]) live here: they store the new
+//! configuration in the sampler and apply it to the calling thread's countdown at once.
 
 use crate::counters::{self, CounterBlock};
 use crate::sampler;
@@ -226,22 +231,59 @@ fn block_for(state: &ThreadState) -> Option<&'static CounterBlock> {
     Some(block)
 }
 
-/// Applies a new sampler configuration on the calling thread at once.
+/// Sets the mean sampling interval in bytes; `0` turns stack sampling off (the exact counters
+/// keep counting). Takes effect at once on the calling thread and at each other thread's next
+/// sampling point (at most 16 MiB of its allocations later when sampling was off).
+///
+/// Samples already taken keep the rate they were taken at, so estimates stay unbiased across a
+/// change.
+///
+/// ```
+/// heapwatch::set_sample_rate(64 * 1024);
+/// assert_eq!(heapwatch::sample_rate(), 64 * 1024);
+/// heapwatch::set_sample_rate(heapwatch::DEFAULT_SAMPLE_RATE_BYTES);
+/// ```
+pub fn set_sample_rate(bytes: u64) {
+    sampler::configure_rate(bytes);
+    refresh_sampler();
+}
+
+/// Restarts every thread's sampling generator from `seed`, making the sampling decisions of a
+/// single-threaded, deterministic program reproducible (tests, benchmarks).
+///
+/// ```
+/// heapwatch::reseed_sampler(42);
+/// ```
+pub fn reseed_sampler(seed: u64) {
+    sampler::configure_seed(seed);
+    refresh_sampler();
+}
+
+/// Applies the sampler's current configuration on the calling thread at once: other threads
+/// wait for their next sampling point, but the thread that changed it expects its very next
+/// allocation to be drawn at the new rate. (The leak check calls it too, when the rate it needs
+/// is already set but this thread may still be counting down an older, coarser interval.)
 pub(crate) fn refresh_sampler() {
     let _ = STATE.try_with(|state| {
         let generation = sampler::generation();
-        state.generation.set(generation);
-        let mut rng = sampler::new_thread_rng();
-        let interval = sampler::draw_interval(&mut rng, sampler::sample_rate());
-        state.rng.set(rng);
-        // Keep the invariant: a positive countdown only with a block.
-        if state.block.get().is_some() {
-            count_down(state, interval);
-        } else {
-            state.bytes_until_sample.set(0);
-            state.deferred.set(0);
-        }
+        restart_interval(state, generation, sampler::sample_rate());
     });
+}
+
+/// Starts a fresh interval at `rate_bytes` from a fresh generator stream, as of configuration
+/// `generation`.
+fn restart_interval(state: &ThreadState, generation: u64, rate_bytes: u64) {
+    state.generation.set(generation);
+    let mut rng = sampler::new_thread_rng();
+    let interval = sampler::draw_interval(&mut rng, rate_bytes);
+    state.rng.set(rng);
+    // Keep the invariant: a positive countdown only with a block.
+    if state.block.get().is_some() {
+        count_down(state, interval);
+    } else {
+        state.bytes_until_sample.set(0);
+        state.deferred.set(0);
+    }
 }
 
 /// Marks the thread as running profiler code until dropped: nothing allocated meanwhile is
@@ -279,6 +321,12 @@ pub(crate) struct ThreadTag(usize);
 impl ThreadTag {
     /// A thread before its first allocation or after its exit.
     pub(crate) const NONE: ThreadTag = ThreadTag(0);
+
+    /// A made-up tag, for tests of what is kept per thread.
+    #[cfg(test)]
+    pub(crate) const fn made_up(id: usize) -> ThreadTag {
+        ThreadTag(id)
+    }
 }
 
 /// The calling thread's tag.
@@ -310,4 +358,279 @@ pub(crate) fn thread_net() -> Option<(i64, i64)> {
         })
         .ok()
         .flatten()
+}
+
+/// Serialises the unit tests that touch process-wide allocator state: counter blocks (which
+/// thread gets which), the early wake's running figure, the orphan counters and the live-sample
+/// table. The lib's test binary does not run heapwatch as its global allocator, so these tests
+/// are the only writers; holding this makes their before/after figures exact.
+#[cfg(test)]
+pub(crate) fn serial_test_guard() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on a new thread, whose state starts blank and whose exit hook has run by the time
+/// this returns. Tests claim counter blocks only there: a block claimed by a test harness
+/// thread would outlive the test.
+#[cfg(test)]
+pub(crate) fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("test thread panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::early_wake;
+
+    fn with_state<T>(f: impl FnOnce(&ThreadState) -> T) -> T {
+        STATE.with(f)
+    }
+
+    /// Claims the calling thread's counter block, reporting nothing to the early wake.
+    fn claim_block() -> &'static CounterBlock {
+        let _ = record_alloc(0);
+        with_state(|state| state.block.get()).expect("a block")
+    }
+
+    /// Runs `step` until no configuration change landed during it: the leak check's unit test
+    /// sets the sample rate while these run, and a new generation makes the slow path start a
+    /// fresh interval, which an exact expectation cannot foresee.
+    fn with_stable_generation<T>(mut step: impl FnMut(u64) -> T) -> T {
+        loop {
+            let generation = sampler::generation();
+            let out = step(generation);
+            if sampler::generation() == generation {
+                return out;
+            }
+        }
+    }
+
+    /// Arms the countdown by hand: `countdown` bytes to the next slow path, `deferred` beyond.
+    fn arm(state: &ThreadState, generation: u64, countdown: i64, deferred: i64) {
+        state.generation.set(generation);
+        state.bytes_until_sample.set(countdown);
+        state.deferred.set(deferred);
+    }
+
+    #[test]
+    fn profiler_guard_refuses_to_nest_and_a_refusal_leaves_the_outer_guard_in_force() {
+        on_fresh_thread(|| {
+            let inside = || with_state(|state| state.in_profiler.get());
+            let outer = ProfilerGuard::enter().expect("first entry");
+            assert!(inside());
+            assert!(ProfilerGuard::enter().is_none(), "re-entry while inside");
+            assert!(inside(), "a refused entry must not end the outer one");
+            drop(outer);
+            assert!(!inside());
+            let again = ProfilerGuard::enter();
+            assert!(again.is_some(), "entry after the guard dropped");
+        });
+    }
+
+    #[test]
+    fn fast_path_counts_down_and_counts_the_block() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            let block = claim_block();
+            with_stable_generation(|generation| {
+                with_state(|state| arm(state, generation, 10_000, 0));
+                let net = block.net_bytes();
+                assert!(matches!(record_alloc(100), Decision::Skip));
+                assert_eq!(with_state(|s| s.bytes_until_sample.get()), 9_900);
+                assert_eq!(block.net_bytes(), net + 100);
+                record_free(40);
+                assert_eq!(block.net_bytes(), net + 60);
+                undo_free(40);
+                assert_eq!(block.net_bytes(), net + 100);
+                assert_eq!(thread_net_bytes(), Some(net + 100));
+            });
+        });
+    }
+
+    #[test]
+    fn an_interval_continues_past_a_checkpoint_instead_of_being_redrawn() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            claim_block();
+            let deferred = 5 << 20;
+            let (countdown, left) = with_stable_generation(|generation| {
+                with_state(|state| arm(state, generation, 1, deferred));
+                assert!(matches!(record_alloc(16), Decision::Skip));
+                with_state(|s| (s.bytes_until_sample.get(), s.deferred.get()))
+            });
+            assert_eq!(countdown, CHECKPOINT_BYTES, "counted down in chunks");
+            assert_eq!(
+                countdown + left,
+                deferred + 1 - 16,
+                "the same interval goes on"
+            );
+        });
+    }
+
+    #[test]
+    fn a_new_generation_restarts_the_interval_at_the_next_sampling_point() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            claim_block();
+            // A thread that last applied an older configuration, with far to go.
+            let stale = sampler::generation() - 1;
+            with_state(|state| arm(state, stale, 1, 1 << 40));
+            let _ = record_alloc(16);
+            let (generation, countdown, deferred) = with_state(|s| {
+                (
+                    s.generation.get(),
+                    s.bytes_until_sample.get(),
+                    s.deferred.get(),
+                )
+            });
+            assert!(generation > stale, "the new configuration applied");
+            assert!(countdown > 0 && countdown <= CHECKPOINT_BYTES);
+            // A fresh draw at any rate in use (mean ≤ 16 MiB) is nowhere near 2^40.
+            assert!(countdown + deferred < 1 << 30, "{countdown} + {deferred}");
+        });
+    }
+
+    #[test]
+    fn a_sampling_point_samples_unless_the_thread_is_inside_the_profiler() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            claim_block();
+            let decide = |inside: bool| {
+                with_stable_generation(|generation| {
+                    with_state(|state| arm(state, generation, 1, 0));
+                    let _guard = inside.then(|| ProfilerGuard::enter().expect("entry"));
+                    matches!(record_alloc(4096), Decision::Sample { .. })
+                })
+            };
+            assert!(decide(false), "the countdown ran out");
+            assert!(
+                !decide(true),
+                "the profiler's own allocations are never sampled"
+            );
+            assert!(decide(false), "the guard's drop let sampling resume");
+        });
+    }
+
+    #[test]
+    fn reseeding_restarts_the_calling_threads_countdown_at_once() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            claim_block();
+            let before = sampler::generation();
+            with_state(|state| arm(state, before, 1 << 40, 0));
+            reseed_sampler(0x5eed);
+            let (generation, countdown, deferred) = with_state(|s| {
+                (
+                    s.generation.get(),
+                    s.bytes_until_sample.get(),
+                    s.deferred.get(),
+                )
+            });
+            assert!(
+                generation > before,
+                "applied without waiting for a sampling point"
+            );
+            assert!(countdown > 0 && countdown + deferred < 1 << 30);
+        });
+        on_fresh_thread(|| {
+            reseed_sampler(0x5eed);
+            assert_eq!(
+                with_state(|s| s.bytes_until_sample.get()),
+                0,
+                "no positive countdown without a block: the first allocation takes the slow path"
+            );
+        });
+    }
+
+    #[test]
+    fn turning_sampling_off_rechecks_in_checkpoint_chunks() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            with_state(|state| {
+                restart_interval(state, sampler::generation(), 0);
+                assert_eq!(state.bytes_until_sample.get(), 0, "no block yet");
+            });
+            claim_block();
+            with_state(|state| {
+                restart_interval(state, sampler::generation(), 0);
+                assert_eq!(state.bytes_until_sample.get(), CHECKPOINT_BYTES);
+                assert_eq!(
+                    state.deferred.get(),
+                    sampler::OFF_RECHECK_BYTES - CHECKPOINT_BYTES
+                );
+            });
+        });
+    }
+
+    #[test]
+    fn thread_exit_reports_the_rest_to_the_early_wake_and_hands_the_block_on() {
+        let _serial = serial_test_guard();
+        let approx_before = early_wake::approx_live();
+        let (block, net) = on_fresh_thread(|| {
+            let block = claim_block();
+            // Small enough that no checkpoint but the first allocation's falls inside.
+            for size in [3000, 5000] {
+                let _ = record_alloc(size);
+            }
+            record_free(1000);
+            assert_eq!(
+                current_thread(),
+                ThreadTag(std::ptr::from_ref(block) as usize)
+            );
+            (block, block.net_bytes())
+        });
+        assert_eq!(
+            early_wake::approx_live() - approx_before,
+            7000,
+            "what the thread allocated net reached the early wake by its exit"
+        );
+        assert!(!block.in_use(), "handed back at exit");
+        assert_eq!(block.net_bytes(), net, "its counts stay in the sums");
+        let (inherited, inherited_net) = on_fresh_thread(|| {
+            let block = claim_block();
+            (block, thread_net_bytes())
+        });
+        assert!(
+            std::ptr::eq(inherited, block),
+            "the next new thread reuses it"
+        );
+        assert_eq!(inherited_net, Some(net), "with its counts");
+        assert_eq!(
+            early_wake::approx_live() - approx_before,
+            7000,
+            "an inherited block's counts are not news to the early wake"
+        );
+    }
+
+    #[test]
+    fn allocations_after_the_exit_hook_count_as_orphans() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static LATE_SAW_NO_BLOCK: AtomicBool = AtomicBool::new(false);
+        extern "C" fn late(_: *mut libc::c_void) {
+            // Runs after every Rust thread-local destructor (glibc calls pthread key
+            // destructors last), so heapwatch's exit hook has run.
+            let _ = record_alloc(24);
+            record_free(24);
+            let no_block = current_thread() == ThreadTag::NONE && thread_net().is_none();
+            LATE_SAW_NO_BLOCK.store(no_block, Ordering::Relaxed);
+        }
+        let _serial = serial_test_guard();
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: creating a key with a valid `extern "C"` destructor.
+        assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(late)) }, 0);
+        let orphans_before = counters::__orphan_allocated_objects();
+        on_fresh_thread(move || {
+            claim_block();
+            // SAFETY: a live key; the value is never dereferenced, only non-null so that the
+            // destructor runs.
+            unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<u8>().cast()) };
+        });
+        assert!(LATE_SAW_NO_BLOCK.load(Ordering::Relaxed));
+        assert_eq!(counters::__orphan_allocated_objects(), orphans_before + 1);
+        // SAFETY: no thread uses the key any more.
+        unsafe { libc::pthread_key_delete(key) };
+    }
 }

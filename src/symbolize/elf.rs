@@ -5,6 +5,7 @@
 //! heap is one 24-byte entry per function symbol, sorted by address; names are read from the
 //! mapping when an address is resolved. Full DWARF is never loaded on this path.
 
+use super::modules::Module;
 use crate::internal_alloc::ProfilerAlloc;
 use allocator_api2::vec::Vec as PVec;
 use memmap2::Mmap;
@@ -135,6 +136,26 @@ pub(crate) fn demangle_rust(raw: &str) -> Option<String> {
     rustc_demangle::try_demangle(raw)
         .ok()
         .map(|demangled| format!("{demangled:#}"))
+}
+
+/// The symbol table of a module: its own, or — when it was stripped to its exported symbols —
+/// the full one of its separate debug file (`objcopy --only-keep-debug` keeps `.symtab`).
+pub(crate) fn load_symbols(module: &Module) -> Option<ElfSymbols> {
+    if !module.has_file() {
+        return None;
+    }
+    let own = ElfSymbols::load(&module.path);
+    if own.as_ref().is_some_and(ElfSymbols::is_complete) {
+        return own;
+    }
+    #[cfg(feature = "dwarf")]
+    if let Some(debug) = super::debug_file::find(&module.path, &module.build_id) {
+        let from_debug = ElfSymbols::from_map(debug.map);
+        if from_debug.as_ref().is_some_and(ElfSymbols::is_complete) {
+            return from_debug;
+        }
+    }
+    own
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Runs on the thread that takes the snapshot, never on the allocation path.
 
 mod elf;
+pub(crate) mod leaves;
 pub(crate) mod modules;
 mod offline;
 pub use offline::{symbolize_with_binary, symbolize_with_binary_within, SymbolizeError};
@@ -235,7 +236,7 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
     let first = !addresses.is_empty() && !symbolizer.named_before;
     symbolizer.named_before |= first;
     let held = symbolizer.heap_bytes();
-    HEAP_BYTES.store(held, Ordering::Relaxed);
+    crate::internal_alloc::set_symbolizer_heap_bytes(held);
     drop(symbolizer);
     let held = first.then_some(held);
     if let Some(held) = held {
@@ -265,15 +266,6 @@ fn module_info(module: &Module) -> ModuleInfo {
         file_offset: code.map_or(0, |s| s.file_offset),
     }
 }
-
-/// Heap bytes held by the symbolizer (symbol indexes, names, address cache, parsed DWARF), as of
-/// the end of the last naming: read without the symbolizer's lock, so that a metrics scrape
-/// never waits out a DWARF load.
-pub(crate) fn heap_bytes() -> usize {
-    HEAP_BYTES.load(Ordering::Relaxed)
-}
-
-static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Symbolizer {
     fn heap_bytes(&self) -> usize {
@@ -426,7 +418,7 @@ impl Symbolizer {
     /// The demangled and the raw name of the symbol holding `file_address`, interned.
     fn elf_name(&mut self, index: usize, file_address: u64) -> Option<(StrId, StrId)> {
         if let SymbolSource::NotLoaded = self.sources[index] {
-            self.sources[index] = match load_symbols(&self.modules[index]) {
+            self.sources[index] = match elf::load_symbols(&self.modules[index]) {
                 Some(symbols) => SymbolSource::Loaded(symbols),
                 None => SymbolSource::Unavailable,
             };
@@ -487,26 +479,6 @@ impl Symbolizer {
                 .collect(),
         }
     }
-}
-
-/// The symbol table of a module: its own, or — when it was stripped to its exported symbols —
-/// the full one of its separate debug file (`objcopy --only-keep-debug` keeps `.symtab`).
-fn load_symbols(module: &Module) -> Option<ElfSymbols> {
-    if !module.has_file() {
-        return None;
-    }
-    let own = ElfSymbols::load(&module.path);
-    if own.as_ref().is_some_and(ElfSymbols::is_complete) {
-        return own;
-    }
-    #[cfg(feature = "dwarf")]
-    if let Some(debug) = debug_file::find(&module.path, &module.build_id) {
-        let from_debug = ElfSymbols::from_map(debug.map);
-        if from_debug.as_ref().is_some_and(ElfSymbols::is_complete) {
-            return from_debug;
-        }
-    }
-    own
 }
 
 /// Whether the running executable has DWARF line tables (in itself or in a separate debug file)

@@ -95,7 +95,7 @@ pub fn symbolize_with_binary_within(
         build_id: build_id_bytes.clone(),
         is_program: true,
     };
-    let symbols = super::load_symbols(&module);
+    let symbols = super::elf::load_symbols(&module);
     #[cfg(feature = "dwarf")]
     let mut dwarf = super::dwarf::DwarfSource::NotLoaded;
     #[cfg(feature = "dwarf")]
@@ -195,7 +195,7 @@ pub fn symbolize_with_binary_within(
     #[cfg(feature = "dwarf")]
     super::qualify::closures_after_callers(profile);
     // Frames unnamed when the profile was taken could not be told from heapwatch's own.
-    crate::plumbing::trim_leaves(profile);
+    super::leaves::trim_leaves(profile);
     Ok(named)
 }
 

@@ -169,8 +169,8 @@ fn join(crate_name: &str, modules: &[&str]) -> String {
 /// source file is taken as its parent, and the closure is named after it
 /// (`orders::hold_sessions::{{closure}}`). No such frame (an async body polled by a framework):
 /// the name stays. Names from symbols or linkage names (a `system_name`) are left alone.
-pub(crate) fn closures_after_callers(profile: &mut crate::Profile) {
-    let is_unparented = |line: &crate::Line| {
+pub(crate) fn closures_after_callers(profile: &mut crate::profile::Profile) {
+    let is_unparented = |line: &crate::profile::Line| {
         line.system_name.is_empty() && line.function.ends_with("::{{closure}}")
     };
     let mut done = std::collections::HashSet::new();
