@@ -145,7 +145,7 @@ impl FineSampling {
         let coarse = active.1 == 0 || active.1 > CHECK_SAMPLE_RATE;
         if first && coarse {
             // Redraws the calling thread's interval too.
-            crate::sampler::set_sample_rate(CHECK_SAMPLE_RATE);
+            crate::thread_state::set_sample_rate(CHECK_SAMPLE_RATE);
         } else {
             // The rate is already what the check needs, but a thread applies a rate set
             // elsewhere only at its next sampling point, so this one may still be counting down
@@ -161,7 +161,7 @@ impl Drop for FineSampling {
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
         active.0 -= 1;
         if active.0 == 0 {
-            crate::sampler::set_sample_rate(active.1);
+            crate::thread_state::set_sample_rate(active.1);
         }
     }
 }
@@ -188,7 +188,7 @@ mod tests {
     // The only unit test that changes the sample rate: nothing runs beside it to race.
     #[test]
     fn overlapping_and_panicking_checks_restore_the_rate_once_all_end() {
-        crate::sampler::set_sample_rate(300_000);
+        crate::thread_state::set_sample_rate(300_000);
         let first = FineSampling::begin();
         let second = FineSampling::begin();
         assert_eq!(crate::sampler::sample_rate(), CHECK_SAMPLE_RATE);
@@ -224,10 +224,10 @@ mod tests {
             "restored after a panic"
         );
 
-        crate::sampler::set_sample_rate(100);
+        crate::thread_state::set_sample_rate(100);
         let finer = FineSampling::begin();
         assert_eq!(crate::sampler::sample_rate(), 100, "a finer rate is kept");
         drop(finer);
-        crate::sampler::set_sample_rate(crate::sampler::DEFAULT_SAMPLE_RATE_BYTES);
+        crate::thread_state::set_sample_rate(crate::sampler::DEFAULT_SAMPLE_RATE_BYTES);
     }
 }

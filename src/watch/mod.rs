@@ -197,7 +197,7 @@ impl WatchBuilder {
         }
         publish_dump_dir(Some(config.dir.clone()));
         if let Some(rate) = config.sample_rate {
-            crate::sampler::set_sample_rate(rate);
+            crate::thread_state::set_sample_rate(rate);
         }
         if config.on_sigusr1 {
             install_sigusr1();
