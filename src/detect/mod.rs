@@ -112,9 +112,11 @@ pub struct DetectorReport {
     pub baseline_unix_ms: Option<u64>,
 }
 
-static LATEST: Mutex<Option<DetectorReport>> = Mutex::new(None);
+static LATEST: crate::fork::HeldAcrossFork<Mutex<Option<DetectorReport>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Detector, &FORK_HOOKS, Mutex::new(None));
 /// The baseline's folded stacks, once the watch has taken it.
-static BASELINE: Mutex<Option<Vec<String>>> = Mutex::new(None);
+static BASELINE: crate::fork::HeldAcrossFork<Mutex<Option<Vec<String>>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Detector, &FORK_HOOKS, Mutex::new(None));
 
 pub(crate) fn publish_baseline(lines: &[String]) {
     if let Ok(mut baseline) = BASELINE.lock() {
@@ -170,26 +172,39 @@ pub(crate) fn process_rss() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-/// The detector's published state, locked across a fork (see `fork`).
-pub(crate) struct ForkLock {
-    baseline: MutexGuard<'static, Option<Vec<String>>>,
-    latest: MutexGuard<'static, Option<DetectorReport>>,
-}
+// The detector's published state, locked across a fork (see `fork`).
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let baseline = BASELINE.for_fork(forking).lock();
+        let latest = LATEST.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(
+            forking,
+            (
+                baseline.unwrap_or_else(PoisonError::into_inner),
+                latest.unwrap_or_else(PoisonError::into_inner),
+            ),
+        );
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: Some(|locked| {
+        // The reports were the parent's watch's, which the child does not run. The child has
+        // one thread and the locks were released: nothing holds them.
+        if locked {
+            let baseline = BASELINE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let latest = LATEST.lock().unwrap_or_else(PoisonError::into_inner).take();
+            drop((baseline, latest));
+        }
+    }),
+};
 
-impl ForkLock {
-    /// In a forked child: the reports were the parent's watch's, which the child does not run.
-    /// Returns them, to be dropped once the locks are released (see `fork`).
-    pub(crate) fn forget_reports(&mut self) -> impl Sized {
-        (self.baseline.take(), self.latest.take())
-    }
-}
-
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock {
-        baseline: BASELINE.lock().unwrap_or_else(PoisonError::into_inner),
-        latest: LATEST.lock().unwrap_or_else(PoisonError::into_inner),
-    }
-}
+#[allow(clippy::type_complexity)]
+static HELD_FOR_FORK: crate::fork::GuardSlot<(
+    MutexGuard<'static, Option<Vec<String>>>,
+    MutexGuard<'static, Option<DetectorReport>>,
+)> = crate::fork::GuardSlot::new();
 
 #[cfg(test)]
 mod tests {

@@ -70,18 +70,30 @@ pub fn render_metrics() -> String {
 /// held by another thread (the child's `/metrics` would wait forever), and the fork handlers can
 /// only take locks heapwatch owns. Renders are serialised by it, which costs nothing that
 /// matters (a render takes tens of microseconds; scrapes come seconds apart).
-static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static RENDERING: crate::fork::HeldAcrossFork<std::sync::Mutex<()>> =
+    crate::fork::HeldAcrossFork::new(
+        crate::fork::Rank::Metrics,
+        &FORK_HOOKS,
+        std::sync::Mutex::new(()),
+    );
 
 fn render_lock() -> std::sync::MutexGuard<'static, ()> {
-    crate::fork::ensure_handlers();
     RENDERING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The metrics renderer's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let rendering = RENDERING.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(
+            forking,
+            rendering.unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(render_lock())
-}
+static HELD_FOR_FORK: crate::fork::GuardSlot<std::sync::MutexGuard<'static, ()>> =
+    crate::fork::GuardSlot::new();

@@ -70,11 +70,13 @@ static RUNNING: AtomicBool = AtomicBool::new(false);
 static REQUEST: AtomicU8 = AtomicU8::new(0);
 static DUMPS_WRITTEN: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 static DUMP_ERRORS: AtomicU64 = AtomicU64::new(0);
-static LAST: Mutex<Option<WatchReading>> = Mutex::new(None);
+static LAST: crate::fork::HeldAcrossFork<Mutex<Option<WatchReading>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Watch, &FORK_HOOKS, Mutex::new(None));
 /// The running watch's dump directory, published at start and withdrawn when it stops: the
 /// HTTP pages read it at each request, so a router or listener built before the watch, or with
 /// no directory of its own, lists what the watch writes.
-static RUNNING_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+static RUNNING_DIR: crate::fork::HeldAcrossFork<Mutex<Option<PathBuf>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Watch, &FORK_HOOKS, Mutex::new(None));
 
 /// Starts the watch. See [`WatchBuilder`].
 #[derive(Debug)]
@@ -205,6 +207,9 @@ impl WatchBuilder {
     /// [`WatchError::AlreadyRunning`] if a watch is running in this process;
     /// [`WatchError::Spawn`] if the thread could not be started.
     pub fn start(self) -> Result<WatchHandle, WatchError> {
+        // Before anything a forked child must forget (the running flag, a dump asked for
+        // through the handle, even an inert one): the child hook runs once registered.
+        crate::fork::register(crate::fork::Rank::Watch, &FORK_HOOKS);
         let config = self.resolved();
         if !config.enabled {
             tracing::info!("heapwatch: HEAPWATCH=off, not watching");
@@ -213,7 +218,6 @@ impl WatchBuilder {
                 process: crate::fork::process_identity(),
             });
         }
-        crate::fork::ensure_handlers();
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(WatchError::AlreadyRunning);
         }
@@ -364,38 +368,47 @@ pub fn dump_dir() -> PathBuf {
     running_dump_dir().unwrap_or_else(|| Watch::builder().resolved().dir)
 }
 
-/// The watch's published state, locked across a fork (see `fork`).
-pub(crate) struct ForkLock {
-    running_dir: std::sync::MutexGuard<'static, Option<PathBuf>>,
-    last: std::sync::MutexGuard<'static, Option<WatchReading>>,
-    _previous_sigusr1: std::sync::MutexGuard<'static, Option<libc::sigaction>>,
-}
+// The watch's published state, locked across a fork (see `fork`).
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let running_dir = RUNNING_DIR.for_fork(forking).lock();
+        let last = LAST.for_fork(forking).lock();
+        let previous_sigusr1 = PREVIOUS_SIGUSR1.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(
+            forking,
+            (
+                running_dir.unwrap_or_else(PoisonError::into_inner),
+                last.unwrap_or_else(PoisonError::into_inner),
+                previous_sigusr1.unwrap_or_else(PoisonError::into_inner),
+            ),
+        );
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: Some(|locked| {
+        // No watch thread runs in the child, whatever the parent ran, so one may start. Only
+        // atomics: done whether or not the fork handler could take the locks.
+        RUNNING.store(false, Ordering::Release);
+        REQUEST.store(0, Ordering::Release);
+        wake::disarm();
+        // What the parent's watch published is not the child's. The child has one thread and
+        // the locks were released: nothing holds them.
+        if locked {
+            let running_dir = RUNNING_DIR
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let last = LAST.lock().unwrap_or_else(PoisonError::into_inner).take();
+            drop((running_dir, last));
+        }
+    }),
+};
 
-impl ForkLock {
-    /// In a forked child: what the parent's watch published is not the child's. Returns it,
-    /// to be dropped once the locks are released (see `fork`).
-    pub(crate) fn forget_running_watch(&mut self) -> impl Sized {
-        (self.running_dir.take(), self.last.take())
-    }
-}
-
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock {
-        running_dir: RUNNING_DIR.lock().unwrap_or_else(PoisonError::into_inner),
-        last: LAST.lock().unwrap_or_else(PoisonError::into_inner),
-        _previous_sigusr1: PREVIOUS_SIGUSR1
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    }
-}
-
-/// In a forked child: no watch thread runs there, whatever the parent ran, so one may start.
-/// Only atomics: called whether or not the fork handler could take the locks.
-pub(crate) fn forget_running_thread() {
-    RUNNING.store(false, Ordering::Release);
-    REQUEST.store(0, Ordering::Release);
-    wake::disarm();
-}
+#[allow(clippy::type_complexity)]
+static HELD_FOR_FORK: crate::fork::GuardSlot<(
+    std::sync::MutexGuard<'static, Option<PathBuf>>,
+    std::sync::MutexGuard<'static, Option<WatchReading>>,
+    std::sync::MutexGuard<'static, Option<libc::sigaction>>,
+)> = crate::fork::GuardSlot::new();
 
 fn publish_dump_dir(dir: Option<PathBuf>) {
     // A poisoned lock still holds a valid `Option`: overwrite it.
@@ -414,7 +427,8 @@ fn reason_index(kind: &str) -> usize {
 
 /// SIGUSR1 as it was before [`install_sigusr1`]: put back by [`restore_sigusr1`] when the watch
 /// stops. Only touched at start and stop, never in the handler.
-static PREVIOUS_SIGUSR1: Mutex<Option<libc::sigaction>> = Mutex::new(None);
+static PREVIOUS_SIGUSR1: crate::fork::HeldAcrossFork<Mutex<Option<libc::sigaction>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Watch, &FORK_HOOKS, Mutex::new(None));
 /// The handler that was installed before ours, which ours calls after asking for the dump
 /// (0: none — the disposition was the default or "ignore"). An atomic, not part of the mutex
 /// above: the signal handler reads it.
