@@ -385,11 +385,7 @@ static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
     },
     release: |forking| drop(HELD_FOR_FORK.take(forking)),
     in_child: Some(|locked| {
-        // No watch thread runs in the child, whatever the parent ran, so one may start. Only
-        // atomics: done whether or not the fork handler could take the locks.
-        RUNNING.store(false, Ordering::Release);
-        REQUEST.store(0, Ordering::Release);
-        wake::disarm();
+        forget_running_thread();
         // What the parent's watch published is not the child's. The child has one thread and
         // the locks were released: nothing holds them.
         if locked {
@@ -409,6 +405,14 @@ static HELD_FOR_FORK: crate::fork::GuardSlot<(
     std::sync::MutexGuard<'static, Option<WatchReading>>,
     std::sync::MutexGuard<'static, Option<libc::sigaction>>,
 )> = crate::fork::GuardSlot::new();
+
+/// In a forked child: no watch thread runs there, whatever the parent ran, so one may start.
+/// Only atomics: called whether or not the fork handler could take the locks.
+fn forget_running_thread() {
+    RUNNING.store(false, Ordering::Release);
+    REQUEST.store(0, Ordering::Release);
+    wake::disarm();
+}
 
 fn publish_dump_dir(dir: Option<PathBuf>) {
     // A poisoned lock still holds a valid `Option`: overwrite it.
