@@ -117,15 +117,26 @@ pub fn assert_no_leak(iterations: usize, f: impl FnMut()) {
     }
 }
 
-/// Checks in progress, and the sample rate to restore when the last one ends.
-static FINE_SAMPLING: Mutex<(usize, u64)> = Mutex::new((0, 0));
+/// Checks in progress, and the sample rate to restore when the last one ends. Held across a
+/// fork (see `fork`).
+static FINE_SAMPLING: crate::fork::HeldAcrossFork<Mutex<(usize, u64)>> =
+    crate::fork::HeldAcrossFork::new(
+        crate::fork::Rank::LeakChecks,
+        &FORK_HOOKS,
+        Mutex::new((0, 0)),
+    );
 
-/// The checks' lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] std::sync::MutexGuard<'static, (usize, u64)>);
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let checks = FINE_SAMPLING.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, checks.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner))
-}
+static HELD_FOR_FORK: crate::fork::GuardSlot<std::sync::MutexGuard<'static, (usize, u64)>> =
+    crate::fork::GuardSlot::new();
 
 /// Holds the sample rate at [`CHECK_SAMPLE_RATE`] (or finer) while any check runs: checks in tests that
 /// run in parallel overlap, and the first to finish must not restore the coarse rate under the
@@ -134,7 +145,6 @@ struct FineSampling;
 
 impl FineSampling {
     fn begin() -> Self {
-        crate::fork::ensure_handlers();
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
         let first = active.0 == 0;
         active.0 += 1;

@@ -128,7 +128,22 @@ impl Plumbing {
     }
 }
 
-static PLUMBING: RwLock<Option<Plumbing>> = RwLock::new(None);
+/// Held across a fork (see `fork`).
+static PLUMBING: crate::fork::HeldAcrossFork<RwLock<Option<Plumbing>>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Plumbing, &FORK_HOOKS, RwLock::new(None));
+
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let list = PLUMBING.for_fork(forking).write();
+        HELD_FOR_FORK.keep(forking, list.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
+
+static HELD_FOR_FORK: crate::fork::GuardSlot<
+    std::sync::RwLockWriteGuard<'static, Option<Plumbing>>,
+> = crate::fork::GuardSlot::new();
 
 /// Sets the libraries skipped when heapwatch names a culprit (see [`Plumbing`]).
 ///
@@ -138,14 +153,12 @@ static PLUMBING: RwLock<Option<Plumbing>> = RwLock::new(None);
 /// # heapwatch::set_plumbing(heapwatch::Plumbing::default());
 /// ```
 pub fn set_plumbing(plumbing: Plumbing) {
-    crate::fork::ensure_handlers();
     *PLUMBING.write().unwrap_or_else(PoisonError::into_inner) = Some(plumbing);
 }
 
 /// The libraries skipped when heapwatch names a culprit: what [`set_plumbing`] set, else the
 /// default plus `HEAPWATCH_PLUMBING`.
 pub fn plumbing() -> Plumbing {
-    crate::fork::ensure_handlers();
     if let Some(set) = PLUMBING
         .read()
         .unwrap_or_else(PoisonError::into_inner)
@@ -164,15 +177,6 @@ pub fn plumbing() -> Plumbing {
         .unwrap_or_else(PoisonError::into_inner)
         .get_or_insert(configured)
         .clone()
-}
-
-/// The plumbing list's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(
-    #[allow(dead_code)] std::sync::RwLockWriteGuard<'static, Option<Plumbing>>,
-);
-
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(PLUMBING.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 #[cfg(test)]

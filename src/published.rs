@@ -12,6 +12,7 @@
 //! ```
 
 use crate::detect::DetectorReport;
+use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -85,13 +86,17 @@ impl std::fmt::Display for ReasonKind {
     }
 }
 
-static LATEST: Mutex<Option<Latest>> = Mutex::new(None);
+// Every lock here is held across a fork (see `fork`).
+static LATEST: HeldAcrossFork<Mutex<Option<Latest>>> =
+    HeldAcrossFork::new(Rank::Published, &FORK_HOOKS, Mutex::new(None));
 /// The baseline's folded stacks, once the watch has taken it.
-static BASELINE: Mutex<Option<Vec<String>>> = Mutex::new(None);
+static BASELINE: HeldAcrossFork<Mutex<Option<Vec<String>>>> =
+    HeldAcrossFork::new(Rank::Published, &FORK_HOOKS, Mutex::new(None));
 /// The running watch's dump directory, published at start and withdrawn when it stops: the
 /// HTTP pages read it at each request, so a router or listener built before the watch, or with
 /// no directory of its own, lists what the watch writes.
-static RUNNING_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+static RUNNING_DIR: HeldAcrossFork<Mutex<Option<PathBuf>>> =
+    HeldAcrossFork::new(Rank::Published, &FORK_HOOKS, Mutex::new(None));
 static DUMPS_WRITTEN: [AtomicU64; ReasonKind::ALL.len()] =
     [const { AtomicU64::new(0) }; ReasonKind::ALL.len()];
 static DUMP_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -155,24 +160,41 @@ pub(crate) fn count_dump_error() {
     DUMP_ERRORS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The published state, locked across a fork (see `fork`).
-pub(crate) struct ForkLock {
-    _latest: MutexGuard<'static, Option<Latest>>,
-    _baseline: MutexGuard<'static, Option<Vec<String>>>,
-    _running_dir: MutexGuard<'static, Option<PathBuf>>,
-}
+static FORK_HOOKS: Hooks = Hooks {
+    take: |forking| {
+        let latest = LATEST.for_fork(forking).lock();
+        let baseline = BASELINE.for_fork(forking).lock();
+        let running_dir = RUNNING_DIR.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(
+            forking,
+            (
+                latest.unwrap_or_else(PoisonError::into_inner),
+                baseline.unwrap_or_else(PoisonError::into_inner),
+                running_dir.unwrap_or_else(PoisonError::into_inner),
+            ),
+        );
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    // What the parent's watch published is not the child's, which runs no watch (until it
+    // starts its own). Only when the locks were taken here: otherwise another thread of the
+    // parent held one, and it stays held in the child.
+    in_child: Some(|locked| {
+        if locked {
+            forget_in_child();
+        }
+    }),
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock {
-        _latest: LATEST.lock().unwrap_or_else(PoisonError::into_inner),
-        _baseline: BASELINE.lock().unwrap_or_else(PoisonError::into_inner),
-        _running_dir: RUNNING_DIR.lock().unwrap_or_else(PoisonError::into_inner),
-    }
-}
+#[allow(clippy::type_complexity)]
+static HELD_FOR_FORK: GuardSlot<(
+    MutexGuard<'static, Option<Latest>>,
+    MutexGuard<'static, Option<Vec<String>>>,
+    MutexGuard<'static, Option<PathBuf>>,
+)> = GuardSlot::new();
 
-/// In a forked child, once the fork's locks are released: what the parent's watch published is
-/// not the child's, which runs no watch (until it starts its own).
-pub(crate) fn forget_in_child() {
+/// In a forked child, once the fork's locks are released (the child has one thread: nothing
+/// holds them): forgets what the parent's watch published.
+fn forget_in_child() {
     let stale = (
         LATEST.lock().unwrap_or_else(PoisonError::into_inner).take(),
         BASELINE

@@ -34,12 +34,22 @@
 //! Every frame address is checked against those bounds before it is read, so a frame-pointer
 //! register holding anything at all (code built without frame pointers uses it as one more
 //! register) ends the walk early instead of faulting. The bounds stay right in a child forked by
-//! any thread (see [`after_fork_in_child`]). What the walk does assume is what a program running
+//! any thread (see below). What the walk does assume is what a program running
 //! on a stack assumes anyway: that the stack's memory between the stack pointer and its top stays
 //! mapped and readable (no `munmap` or `mprotect` of a stack in use, no `sigaltstack` size beyond
 //! the memory given), and that nothing is mapped at a fixed address right below the main thread's
 //! stack (Linux keeps a gap there for any other mapping). `tests/hostile_stack.rs` attacks each
 //! case with a frame pointer aimed at an unreadable page.
+//!
+//! **In a forked child** nothing needs resetting, so the fork handlers have nothing to call here.
+//! The child's memory is a copy of the parent's at the same addresses: the forking thread's
+//! cached bounds (its own stack, copied), the main thread's stack as confirmed so far and the
+//! main thread's identity (a `pthread_t`, which is an address) are as true in the child as they
+//! were in the parent. And nothing takes "thread id equals process id" to mean "main thread",
+//! which a child forked by another thread breaks: that thread leads the child but runs on its
+//! own stack. It is told apart from the main thread by the main thread's recorded identity, or,
+//! if the main thread was never seen on its stack, its stack counts as unknown (its samples are
+//! unwound).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -109,20 +119,6 @@ pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
         _ => capture_verifying(frames),
     }
 }
-
-/// Makes the calling thread's stack bounds right in a child process it has just forked (the
-/// `pthread_atfork` child handler calls it).
-///
-/// There is nothing to reset, so it does nothing. The child's memory is a copy of the parent's
-/// at the same addresses: the forking thread's cached bounds (its own stack, copied), the main
-/// thread's stack as confirmed so far and the main thread's identity (a `pthread_t`, which is an
-/// address) are as true in the child as they were in the parent. And nothing takes "thread id
-/// equals process id" to mean "main thread", which a child forked by another thread breaks: that
-/// thread leads the child but runs on its own stack. It is told apart from the main thread by the
-/// main thread's recorded identity, or, if the main thread was never seen on its stack, its
-/// stack counts as unknown (its samples are unwound).
-#[inline]
-pub(crate) fn after_fork_in_child() {}
 
 /// Auto mode: unwind, and compare with the frame-pointer walk.
 #[cold]

@@ -58,21 +58,30 @@ struct Table {
     dropped_samples: u64,
 }
 
-static TABLE: Mutex<Table> = Mutex::new(Table::new());
+static TABLE: crate::fork::HeldAcrossFork<Mutex<Table>> = crate::fork::HeldAcrossFork::new(
+    crate::fork::Rank::Table,
+    &FORK_HOOKS,
+    Mutex::new(Table::new()),
+);
 
 fn lock() -> MutexGuard<'static, Table> {
-    crate::fork::ensure_handlers();
     // Nothing under this lock panics; if something ever did, the table is still consistent
     // enough to read, and an allocator must not propagate a panic.
     TABLE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The table's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, Table>);
+// The table's lock, held across a fork (see `fork`).
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let table = TABLE.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, table.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(lock())
-}
+static HELD_FOR_FORK: crate::fork::GuardSlot<MutexGuard<'static, Table>> =
+    crate::fork::GuardSlot::new();
 
 /// Records a sampled allocation at `addr` of `size` bytes drawn at `rate_bytes`, whose stack
 /// (innermost first) is `frames`, made by the calling thread.

@@ -1,8 +1,9 @@
 //! `/metrics`: heapwatch's figures rendered in the Prometheus text format by a recorder of its
 //! own, whatever the service does with the `metrics` facade.
 
+use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// A recorder of heapwatch's own metrics, apart from any the service installed, so `/metrics`
 /// works whatever the service does with the `metrics` facade.
@@ -33,18 +34,20 @@ pub fn render_metrics() -> String {
 /// held by another thread (the child's `/metrics` would wait forever), and the fork handlers can
 /// only take locks heapwatch owns. Renders are serialised by it, which costs nothing that
 /// matters (a render takes tens of microseconds; scrapes come seconds apart).
-static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static RENDERING: HeldAcrossFork<Mutex<()>> =
+    HeldAcrossFork::new(Rank::Metrics, &FORK_HOOKS, Mutex::new(()));
 
-fn render_lock() -> std::sync::MutexGuard<'static, ()> {
-    crate::fork::ensure_handlers();
-    RENDERING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn render_lock() -> MutexGuard<'static, ()> {
+    RENDERING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The metrics renderer's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+static FORK_HOOKS: Hooks = Hooks {
+    take: |forking| {
+        let rendering = RENDERING.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, rendering.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(render_lock())
-}
+static HELD_FOR_FORK: GuardSlot<MutexGuard<'static, ()>> = GuardSlot::new();

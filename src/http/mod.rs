@@ -40,4 +40,3 @@ pub use routes::{reason_phrase, respond, respond_under, Context, Response};
 pub use server::{Limits, Server, ServerBuilder};
 
 pub use metrics_page::render_metrics;
-pub(crate) use metrics_page::{lock_for_fork, ForkLock};

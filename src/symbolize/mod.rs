@@ -150,17 +150,22 @@ struct Symbolizer {
     named_before: bool,
 }
 
-static SYMBOLIZER: Mutex<Symbolizer> = Mutex::new(Symbolizer {
-    modules: Vec::new(),
-    sources: Vec::new(),
-    #[cfg(feature = "dwarf")]
-    dwarf: Vec::new(),
-    strings: Strings::new(),
-    lines: PVec::new_in(ProfilerAlloc),
-    cache: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
-    cache_has_lines: false,
-    named_before: false,
-});
+static SYMBOLIZER: crate::fork::HeldAcrossFork<Mutex<Symbolizer>> =
+    crate::fork::HeldAcrossFork::new(
+        crate::fork::Rank::Symbolizer,
+        &FORK_HOOKS,
+        Mutex::new(Symbolizer {
+            modules: Vec::new(),
+            sources: Vec::new(),
+            #[cfg(feature = "dwarf")]
+            dwarf: Vec::new(),
+            strings: Strings::new(),
+            lines: PVec::new_in(ProfilerAlloc),
+            cache: HashMap::with_hasher_in(HASHER, ProfilerAlloc),
+            cache_has_lines: false,
+            named_before: false,
+        }),
+    );
 
 static SOURCE_LINES: AtomicBool = AtomicBool::new(cfg!(feature = "dwarf"));
 
@@ -178,18 +183,21 @@ pub fn set_source_lines(enabled: bool) {
 }
 
 fn lock() -> MutexGuard<'static, Symbolizer> {
-    crate::fork::ensure_handlers();
     SYMBOLIZER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The symbolizer's lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, Symbolizer>);
+// The symbolizer's lock, held across a fork (see `fork`).
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let symbolizer = SYMBOLIZER.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, symbolizer.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(lock())
-}
-
-pub(crate) use modules::{lock_for_fork as loader_lock_for_fork, ForkLock as LoaderForkLock};
+static HELD_FOR_FORK: crate::fork::GuardSlot<MutexGuard<'static, Symbolizer>> =
+    crate::fork::GuardSlot::new();
 
 /// A symbolized frame handed to the snapshot builder.
 pub(crate) struct NamedFrame {

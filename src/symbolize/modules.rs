@@ -52,21 +52,26 @@ impl Module {
 /// `dl_iterate_phdr` takes in a forked child: a fork while another thread walks the list leaves
 /// the child's first walk waiting forever. The fork handlers take this lock, so no walk of
 /// heapwatch's is under way at a fork (seen: a forked child hung in `reload_modules`).
-static WALKING_LOADER: Mutex<()> = Mutex::new(());
+static WALKING_LOADER: crate::fork::HeldAcrossFork<Mutex<()>> =
+    crate::fork::HeldAcrossFork::new(crate::fork::Rank::Loader, &FORK_HOOKS, Mutex::new(()));
 
 fn walking_loader() -> MutexGuard<'static, ()> {
-    crate::fork::ensure_handlers();
     WALKING_LOADER
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The loader-walk lock, held across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, ()>);
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |forking| {
+        let walking = WALKING_LOADER.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, walking.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: None,
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(walking_loader())
-}
+static HELD_FOR_FORK: crate::fork::GuardSlot<MutexGuard<'static, ()>> =
+    crate::fork::GuardSlot::new();
 
 /// Lists the objects loaded now.
 pub(crate) fn loaded_modules() -> Vec<Module> {

@@ -20,6 +20,7 @@ mod dump;
 mod dump_summary;
 mod previous;
 mod request;
+mod running;
 mod signal;
 mod thread;
 mod tick;
@@ -50,9 +51,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use thread::Watcher;
-
-/// One watch per process: set while a watch thread runs.
-static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// Starts the watch. See [`WatchBuilder`].
 #[derive(Debug)]
@@ -183,6 +181,9 @@ impl WatchBuilder {
     /// [`WatchError::AlreadyRunning`] if a watch is running in this process;
     /// [`WatchError::Spawn`] if the thread could not be started.
     pub fn start(self) -> Result<WatchHandle, WatchError> {
+        // Before anything a forked child must forget (the running flag, a dump asked for
+        // through the handle, even an inert one): the child hook runs once registered.
+        crate::fork::register(crate::fork::Rank::Watch, &signal::FORK_HOOKS);
         let config = self.resolved();
         if !config.enabled {
             tracing::info!("heapwatch: HEAPWATCH=off, not watching");
@@ -191,8 +192,7 @@ impl WatchBuilder {
                 process: crate::fork::process_identity(),
             });
         }
-        crate::fork::ensure_handlers();
-        if RUNNING.swap(true, Ordering::AcqRel) {
+        if !running::claim() {
             return Err(WatchError::AlreadyRunning);
         }
         publish_dump_dir(Some(config.dir.clone()));
@@ -220,7 +220,7 @@ impl WatchBuilder {
             Err(e) => {
                 restore_sigusr1();
                 publish_dump_dir(None);
-                RUNNING.store(false, Ordering::Release);
+                running::release();
                 Err(WatchError::Spawn(e))
             }
         }
@@ -278,7 +278,7 @@ impl Drop for WatchHandle {
             let _ = join.join();
             restore_sigusr1();
             publish_dump_dir(None);
-            RUNNING.store(false, Ordering::Release);
+            running::release();
         }
     }
 }
@@ -289,13 +289,3 @@ impl Drop for WatchHandle {
 pub fn dump_dir() -> PathBuf {
     crate::published::running_dump_dir().unwrap_or_else(|| Watch::builder().resolved().dir)
 }
-
-/// In a forked child: no watch thread runs there, whatever the parent ran, so one may start.
-/// Only atomics: called whether or not the fork handler could take the locks.
-pub(crate) fn forget_running_thread() {
-    RUNNING.store(false, Ordering::Release);
-    request::clear();
-    wake::disarm();
-}
-
-pub(crate) use signal::{lock_for_fork, ForkLock};

@@ -3,12 +3,14 @@
 
 use super::request::{self, DumpRequest};
 use crate::early_wake as wake;
+use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// SIGUSR1 as it was before [`install_sigusr1`]: put back by [`restore_sigusr1`] when the watch
 /// stops. Only touched at start and stop, never in the handler.
-static PREVIOUS_SIGUSR1: Mutex<Option<libc::sigaction>> = Mutex::new(None);
+static PREVIOUS_SIGUSR1: HeldAcrossFork<Mutex<Option<libc::sigaction>>> =
+    HeldAcrossFork::new(Rank::Watch, &FORK_HOOKS, Mutex::new(None));
 /// The handler that was installed before ours, which ours calls after asking for the dump
 /// (0: none — the disposition was the default or "ignore"). An atomic, not part of the mutex
 /// above: the signal handler reads it.
@@ -170,13 +172,15 @@ pub(super) fn restore_sigusr1() {
     CHAINED_SIGUSR1.store(0, Ordering::Release);
 }
 
-/// SIGUSR1's saved disposition, locked across a fork (see `fork`).
-pub(crate) struct ForkLock(#[allow(dead_code)] MutexGuard<'static, Option<libc::sigaction>>);
+/// The watch's locks across a fork (see `fork`): SIGUSR1's saved disposition. A forked child
+/// forgets the parent's running watch, locks taken or not.
+pub(super) static FORK_HOOKS: Hooks = Hooks {
+    take: |forking| {
+        let previous = PREVIOUS_SIGUSR1.for_fork(forking).lock();
+        HELD_FOR_FORK.keep(forking, previous.unwrap_or_else(PoisonError::into_inner));
+    },
+    release: |forking| drop(HELD_FOR_FORK.take(forking)),
+    in_child: Some(|_locked| super::running::forget_in_child()),
+};
 
-pub(crate) fn lock_for_fork() -> ForkLock {
-    ForkLock(
-        PREVIOUS_SIGUSR1
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    )
-}
+static HELD_FOR_FORK: GuardSlot<MutexGuard<'static, Option<libc::sigaction>>> = GuardSlot::new();
