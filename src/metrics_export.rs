@@ -1,7 +1,7 @@
 //! Every figure through the `metrics` facade, so a service keeps its own exporter: the watch
-//! thread records each tick's [`Latest`] as it publishes it, and [`update`] (which the built-in
-//! listener's `/metrics` also uses) records what was last [`published`]. Names and units follow
-//! Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
+//! thread records each tick's [`Latest`] as it publishes it, and [`update`] records what was
+//! last [`published`], as the built-in listener's `/metrics` does into a recorder of its own.
+//! Names and units follow Prometheus conventions (`heapwatch_…_bytes`, `…_total`).
 
 use crate::detect::VerdictKind;
 use crate::published::{self, Latest};

@@ -1,7 +1,8 @@
 //! What the running watch publishes for the outside to read: its latest reading and verdict,
 //! the baseline of the differential flamegraph, the dumps it wrote, and where it writes them.
 //!
-//! The watch thread is the only writer, once per tick and once per dump; the metrics exporter,
+//! The watch is the only writer — its thread each tick, before a dump and after one; its
+//! builder and handle for the directory when it starts and stops — and the metrics exporter,
 //! the HTTP pages and the program read. Nothing here reads anything else: data flows from the
 //! watch, through this module, out.
 //!
@@ -50,7 +51,7 @@ pub enum ReasonKind {
     Threshold,
     /// The trend predicted the limit within the horizon.
     Eta,
-    /// The program asked (`WatchHandle::dump_now`, the HTTP endpoint).
+    /// The program asked (`WatchHandle::dump_now`).
     OnDemand,
     /// SIGUSR1.
     Signal,
@@ -142,6 +143,19 @@ pub fn dump_errors() -> u64 {
 pub(crate) fn publish_latest(latest: Latest) {
     // A poisoned lock still holds a valid `Option`: overwrite it.
     *LATEST.lock().unwrap_or_else(PoisonError::into_inner) = Some(latest);
+}
+
+/// Replaces the detector's half of what was last published, ahead of the rest of the tick:
+/// before a dump, so the verdict that called for it is readable while it is written. Nothing
+/// before the first tick's publication.
+pub(crate) fn publish_report(detector: DetectorReport) {
+    if let Some(latest) = LATEST
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        latest.detector = detector;
+    }
 }
 
 pub(crate) fn publish_baseline(lines: Vec<String>) {

@@ -87,7 +87,9 @@ static HELD_FOR_FORK: crate::fork::GuardSlot<MutexGuard<'static, Table>> =
 /// (innermost first) is `frames`, made by the calling thread.
 pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) {
     let thread = thread_state::current_thread();
-    lock().record(addr, size, rate_bytes, frames, thread);
+    // The weight's `exp` before the lock, not under it.
+    let weight = crate::sampler::unbias_factor(size, rate_bytes);
+    lock().record_weighted(addr, size, rate_bytes, weight, frames, thread);
 }
 
 /// Puts back a sample removed by a `realloc` that then failed.
@@ -123,6 +125,7 @@ impl Table {
     }
 
     /// Records a sampled allocation: its stack's `alloc_*` totals and a live sample.
+    #[cfg(test)]
     fn record(
         &mut self,
         addr: usize,
@@ -132,6 +135,20 @@ impl Table {
         thread: ThreadTag,
     ) {
         let weight = crate::sampler::unbias_factor(size, rate_bytes);
+        self.record_weighted(addr, size, rate_bytes, weight, frames, thread);
+    }
+
+    /// Records a sample of `size` bytes drawn at `rate_bytes`, which stands for `weight`
+    /// allocations (see `sampler::unbias_factor`).
+    fn record_weighted(
+        &mut self,
+        addr: usize,
+        size: u64,
+        rate_bytes: u64,
+        weight: f64,
+        frames: &[usize],
+        thread: ThreadTag,
+    ) {
         let stack = self.intern(frames);
         if stack == OVERFLOW_STACK {
             self.overflow_alloc_objects += weight;

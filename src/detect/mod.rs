@@ -19,7 +19,7 @@ mod suspects;
 mod verdict;
 
 pub use crate::statistics::{mann_kendall, MannKendall};
-pub use series::{Point, SeriesStore};
+pub use series::{Point, SeriesStore, RECENT_CAPACITY, RECENT_SPAN_MS};
 pub use suspects::{Suspect, SuspectTracker, BASELINE_STACKS, SITES_PER_SNAPSHOT, SNAPSHOTS_KEPT};
 pub use verdict::{classify, DetectorConfig, Verdict, VerdictKind};
 

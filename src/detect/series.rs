@@ -125,10 +125,17 @@ impl Level {
     }
 }
 
-/// The series at three resolutions.
+/// How far back [`SeriesStore::recent`] reaches: every reading of the last 10 minutes.
+pub const RECENT_SPAN_MS: u64 = 600_000;
+/// Most readings [`SeriesStore::recent`] keeps: 10 minutes at a 50 ms tick. Only a tick
+/// shorter than that reaches the bound, and then the recent readings span less.
+pub const RECENT_CAPACITY: usize = 12_000;
+
+/// The series at three resolutions, and every reading of the last [`RECENT_SPAN_MS`].
 #[derive(Debug, Clone)]
 pub struct SeriesStore {
     levels: [Level; 3],
+    recent: VecDeque<Point>,
 }
 
 impl Default for SeriesStore {
@@ -139,6 +146,7 @@ impl Default for SeriesStore {
                 Level::new(10_000, 720),
                 Level::new(60_000, 1440),
             ],
+            recent: VecDeque::new(),
         }
     }
 }
@@ -149,6 +157,15 @@ impl SeriesStore {
         for level in &mut self.levels {
             level.push(&point);
         }
+        while self.recent.len() >= RECENT_CAPACITY
+            || self
+                .recent
+                .front()
+                .is_some_and(|p| point.unix_ms.saturating_sub(p.unix_ms) > RECENT_SPAN_MS)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(point);
     }
 
     /// The points of the last `span_ms`, from the finest resolution that covers it (or the
@@ -171,20 +188,22 @@ impl SeriesStore {
             .collect()
     }
 
-    /// The readings of the last `span_ms` before the newest, oldest first, one per push: the
-    /// finest resolution only, so at most its 600 points however fast the ticks come.
+    /// The readings of the last `span_ms` (at most [`RECENT_SPAN_MS`]) up to the newest,
+    /// oldest first, one per push, however fast they came (up to [`RECENT_CAPACITY`]): what
+    /// the working set's trend and a dump's series are read from.
     pub fn recent(&self, span_ms: u64) -> impl Iterator<Item = &Point> + '_ {
-        let finest = &self.levels[0];
-        let newest = finest.points.back().map_or(0, |p| p.unix_ms);
-        finest
-            .points
+        let newest = self.recent.back().map_or(0, |p| p.unix_ms);
+        self.recent
             .iter()
             .filter(move |p| newest.saturating_sub(p.unix_ms) <= span_ms)
     }
 
-    /// Bytes the store takes at most.
+    /// Bytes the store takes at most: its three resolutions, and the recent readings at a
+    /// 1 s tick (600; a faster tick keeps more, up to [`RECENT_CAPACITY`]).
     pub fn capacity_bytes(&self) -> usize {
-        self.levels.iter().map(|l| l.capacity).sum::<usize>() * std::mem::size_of::<Point>()
+        let recent_at_one_second = (RECENT_SPAN_MS / 1000) as usize;
+        (self.levels.iter().map(|l| l.capacity).sum::<usize>() + recent_at_one_second)
+            * std::mem::size_of::<Point>()
     }
 }
 
@@ -214,11 +233,29 @@ mod tests {
         // Beyond two hours: the minute level.
         let day = store.window(24 * 3600 * 1000);
         assert_eq!(day.len(), 180);
-        assert!(store.capacity_bytes() < 300 * 1024);
-        // The recent readings: every tick of the span, however many the coarser levels hold.
+        assert!(store.capacity_bytes() < 360 * 1024);
+        // The recent readings: every tick of the span, and no further back than 10 minutes.
         let recent: Vec<&Point> = store.recent(30_000).collect();
         assert_eq!(recent.len(), 31);
         assert_eq!(recent.last().unwrap().unix_ms, (3 * 3600 - 1) * 1000);
-        assert!(store.recent(3600 * 1000).count() == 600);
+        assert_eq!(store.recent(3600 * 1000).count(), 601);
+    }
+
+    #[test]
+    fn recent_readings_span_ten_minutes_whatever_the_tick_up_to_a_bound() {
+        // A 100 ms tick: 10 minutes are 6,000 readings, far more than the tick level's 600.
+        let mut store = SeriesStore::default();
+        for tick in 0..8_000u64 {
+            store.push(Point::reading(tick * 100, tick, None, None));
+        }
+        assert_eq!(store.recent(RECENT_SPAN_MS).count(), 6_001);
+        assert_eq!(store.recent(30_000).count(), 301);
+        // A 10 ms tick reaches the bound.
+        let mut fast = SeriesStore::default();
+        for tick in 0..20_000u64 {
+            fast.push(Point::reading(tick * 10, tick, None, None));
+        }
+        assert_eq!(fast.recent(RECENT_SPAN_MS).count(), RECENT_CAPACITY);
+        assert_eq!(fast.recent(RECENT_SPAN_MS).last().unwrap().heap_max, 19_999);
     }
 }

@@ -8,7 +8,7 @@ use super::dump::DumpWriter;
 use super::dump_summary::{DumpContext, DumpSummary};
 use super::previous;
 use super::request;
-use super::tick::{TickDecision, TickInput, TickLogic};
+use super::tick::{TickDecision, TickInput, TickLogic, TickSources};
 use super::triggers::Reason;
 use crate::detect::{Verdict, VerdictKind};
 use crate::early_wake as wake;
@@ -112,9 +112,8 @@ impl Watcher {
             heap_live,
             memory,
             resident: resident_bytes(),
-            request: request::pending(),
         };
-        let (decision, baseline) = self.logic.tick(input, crate::snapshot::snapshot);
+        let (decision, baseline) = self.logic.tick(input, &mut LiveSources);
         if let Some(lines) = baseline {
             published::publish_baseline(lines);
         }
@@ -130,6 +129,9 @@ impl Watcher {
         } = decision;
         if let Some(reason) = dump {
             request::clear();
+            // The verdict and suspects that called for this dump are readable while it is
+            // written (it may take a second); the reading follows once the tick is done.
+            published::publish_report(self.logic.report());
             self.dump(&reason, &memory);
         }
         if retake_reserve {
@@ -221,6 +223,19 @@ impl Watcher {
                 );
             }
         }
+    }
+}
+
+/// What the tick asks for, from the live process.
+struct LiveSources;
+
+impl TickSources for LiveSources {
+    fn snapshot(&mut self) -> crate::profile::Profile {
+        crate::snapshot::snapshot()
+    }
+
+    fn pending_request(&mut self) -> Option<request::DumpRequest> {
+        request::pending()
     }
 }
 

@@ -1,8 +1,8 @@
 //! One tick's decisions, apart from the thread that takes the readings and does the I/O: feed
 //! the reading to the detector (the one series), follow the verdict, say when the suspects'
 //! next profile snapshot is due, compute the working set's time to the limit, and decide
-//! whether to dump and why. Given the same readings it decides the same, which is what its tests
-//! rely on.
+//! whether to dump and why. Given the same readings, snapshots, requests and plumbing list it
+//! decides the same, which is what its tests rely on.
 
 use super::config::WatchConfig;
 use super::request::DumpRequest;
@@ -11,6 +11,7 @@ use crate::detect::{
     Detector, DetectorReport, Point, Suspect, SuspectTracker, Verdict, VerdictKind,
 };
 use crate::memory::MemoryReading;
+use crate::profile::Profile;
 use crate::published::WatchReading;
 use crate::statistics::{seconds_to_limit, theil_sen_slope};
 use std::time::Instant;
@@ -28,8 +29,15 @@ pub(crate) struct TickInput {
     pub(crate) memory: MemoryReading,
     /// The allocator's resident bytes (fragmentation shows there).
     pub(crate) resident: Option<u64>,
-    /// A pending request, if any; it stays pending until a dump is decided.
-    pub(crate) request: Option<DumpRequest>,
+}
+
+/// What the tick asks of the thread while it decides, when it needs it.
+pub(crate) trait TickSources {
+    /// A profile snapshot, for the suspects (every `suspect_interval` after warm-up).
+    fn snapshot(&mut self) -> Profile;
+    /// The pending dump request, if any; it stays pending until a dump is decided. Asked after
+    /// the suspects' snapshot, so a request made while it was taken is answered this tick.
+    fn pending_request(&mut self) -> Option<DumpRequest>;
 }
 
 /// What the tick decided, for the thread to carry out.
@@ -82,13 +90,12 @@ impl TickLogic {
         }
     }
 
-    /// Feeds one reading and decides. `snapshot` is called when the suspects' next profile
-    /// snapshot is due (every `suspect_interval` after warm-up); it returns the folded stacks
-    /// of the baseline when that snapshot was the first.
+    /// Feeds one reading and decides; also returns the folded stacks of the baseline when the
+    /// suspects' snapshot taken this tick was the first.
     pub(crate) fn tick(
         &mut self,
         input: TickInput,
-        snapshot: impl FnOnce() -> crate::profile::Profile,
+        sources: &mut impl TickSources,
     ) -> (TickDecision, Option<Vec<String>>) {
         let TickInput {
             now,
@@ -96,7 +103,6 @@ impl TickLogic {
             heap_live,
             memory,
             resident,
-            request,
         } = input;
         self.detector.push(
             Point::reading(unix_ms, heap_live, memory.working_set, resident)
@@ -108,7 +114,7 @@ impl TickLogic {
         if verdict_changed_from.is_some() && kind == VerdictKind::Leak {
             self.leak_dump_pending = true;
         }
-        let baseline = self.observe_suspects(now, unix_ms, snapshot);
+        let baseline = self.observe_suspects(now, unix_ms, sources);
 
         let slope = self.working_set_slope();
         let eta = match (memory.limit, memory.working_set, slope) {
@@ -118,7 +124,7 @@ impl TickLogic {
             _ => None,
         };
         let fraction = memory.fraction();
-        let requested = match request {
+        let requested = match sources.pending_request() {
             Some(DumpRequest::OnDemand) => Some(Reason::OnDemand),
             Some(DumpRequest::Signal) => Some(Reason::Signal),
             None if self.leak_dump_pending => Some(Reason::Leak),
@@ -225,7 +231,7 @@ impl TickLogic {
         &mut self,
         now: Instant,
         unix_ms: u64,
-        snapshot: impl FnOnce() -> crate::profile::Profile,
+        sources: &mut impl TickSources,
     ) -> Option<Vec<String>> {
         if now.duration_since(self.started) < self.config.warmup {
             return None;
@@ -237,8 +243,9 @@ impl TickLogic {
             return None;
         }
         let first = self.suspects.baseline_unix_ms().is_none();
+        let profile = sources.snapshot();
         self.suspects
-            .observe(unix_ms, &snapshot(), &crate::plumbing::plumbing());
+            .observe(unix_ms, &profile, &crate::plumbing::plumbing());
         self.last_suspect_snapshot = Some(now);
         if first {
             self.suspects.baseline_lines().map(<[String]>::to_vec)
@@ -275,6 +282,27 @@ mod tests {
         }
     }
 
+    /// Empty snapshots (counted) and requests by second.
+    struct Sources<R: Fn(u64) -> Option<DumpRequest>> {
+        second: u64,
+        snapshots: Vec<u64>,
+        request: R,
+    }
+
+    impl<R: Fn(u64) -> Option<DumpRequest>> TickSources for Sources<R> {
+        fn snapshot(&mut self) -> Profile {
+            self.snapshots.push(self.second);
+            Profile::default()
+        }
+        fn pending_request(&mut self) -> Option<DumpRequest> {
+            (self.request)(self.second)
+        }
+    }
+
+    fn no_requests(_: u64) -> Option<DumpRequest> {
+        None
+    }
+
     /// Runs one tick per second from `start`, the working set given per second; returns each
     /// tick's decision.
     fn run(
@@ -284,6 +312,11 @@ mod tests {
         working_set: impl Fn(u64) -> u64,
         request: impl Fn(u64) -> Option<DumpRequest>,
     ) -> Vec<TickDecision> {
+        let mut sources = Sources {
+            second: 0,
+            snapshots: Vec::new(),
+            request,
+        };
         seconds
             .map(|s| {
                 let ws = working_set(s);
@@ -293,9 +326,9 @@ mod tests {
                     heap_live: ws / 2,
                     memory: memory(ws),
                     resident: Some(ws),
-                    request: request(s),
                 };
-                logic.tick(input, crate::profile::Profile::default).0
+                sources.second = s;
+                logic.tick(input, &mut sources).0
             })
             .collect()
     }
@@ -319,7 +352,7 @@ mod tests {
             80..100 => LIMIT * 92 / 100,
             _ => LIMIT * 97 / 100,
         };
-        let decisions = run(&mut logic, start, 0..120, ws, |_| None);
+        let decisions = run(&mut logic, start, 0..120, ws, no_requests);
         let thresholds: Vec<(usize, f64)> = reasons(&decisions)
             .into_iter()
             .filter_map(|(s, r)| match r {
@@ -351,7 +384,7 @@ mod tests {
     fn the_early_wake_is_set_at_the_heap_that_reaches_the_next_threshold() {
         let start = Instant::now();
         let mut logic = TickLogic::new(config(), start);
-        let decisions = run(&mut logic, start, 0..3, |_| LIMIT / 2, |_| None);
+        let decisions = run(&mut logic, start, 0..3, |_| LIMIT / 2, no_requests);
         let d = &decisions[2];
         // 30 % of the limit separates the working set from 80 %: the heap (a quarter of the
         // limit here) may grow by that much.
@@ -367,7 +400,7 @@ mod tests {
         let mut logic = TickLogic::new(config(), start);
         // 10 MiB a second from 60 % of the limit: 80 % is 20 s away, the limit 40 s away.
         let ws = |s: u64| LIMIT * 6 / 10 + s * (10 << 20);
-        let decisions = run(&mut logic, start, 0..15, ws, |_| None);
+        let decisions = run(&mut logic, start, 0..15, ws, no_requests);
         let eta = decisions[14].reading.eta_seconds.expect("a prediction");
         let slope = decisions[14].reading.slope_bytes_per_second.unwrap();
         assert!((slope - (10 << 20) as f64).abs() < 1.0, "{slope}");
@@ -408,7 +441,11 @@ mod tests {
     fn a_leak_verdict_is_dumped_once_and_suspects_wait_for_warm_up() {
         let start = Instant::now();
         let mut logic = TickLogic::new(config(), start);
-        let mut snapshots = Vec::new();
+        let mut sources = Sources {
+            second: 0,
+            snapshots: Vec::new(),
+            request: no_requests,
+        };
         let mut leak_dumps = Vec::new();
         let mut changes = Vec::new();
         let mut baselines = 0;
@@ -422,12 +459,9 @@ mod tests {
                 heap_live: ws,
                 memory: memory(ws),
                 resident: Some(ws),
-                request: None,
             };
-            let (decision, baseline) = logic.tick(input, || {
-                snapshots.push(s);
-                crate::profile::Profile::default()
-            });
+            sources.second = s;
+            let (decision, baseline) = logic.tick(input, &mut sources);
             baselines += usize::from(baseline.is_some());
             if let Some(from) = decision.verdict_changed_from {
                 changes.push((s, from, logic.verdict().kind));
@@ -445,7 +479,7 @@ mod tests {
         assert_eq!(leak_dumps, [leak_at], "changes: {changes:?}");
         assert_eq!(logic.report().verdict.kind, VerdictKind::Leak);
         // Snapshots after the 60 s warm-up, every 60 s; the first is the baseline.
-        assert_eq!(snapshots, [60, 120, 180, 240, 300, 360]);
+        assert_eq!(sources.snapshots, [60, 120, 180, 240, 300, 360]);
         assert_eq!(baselines, 1);
         assert_eq!(logic.report().baseline_unix_ms, Some(1_000_000 + 60_000));
     }
@@ -454,6 +488,11 @@ mod tests {
     fn without_a_limit_nothing_but_requests_dump() {
         let start = Instant::now();
         let mut logic = TickLogic::new(config(), start);
+        let mut sources = Sources {
+            second: 0,
+            snapshots: Vec::new(),
+            request: |s| (s == 3).then_some(DumpRequest::OnDemand),
+        };
         let unlimited = MemoryReading {
             limit: None,
             limit_source: "none",
@@ -468,9 +507,9 @@ mod tests {
                 heap_live: 1 << 19,
                 memory: unlimited,
                 resident: None,
-                request: (s == 3).then_some(DumpRequest::OnDemand),
             };
-            let (d, _) = logic.tick(input, crate::profile::Profile::default);
+            sources.second = s;
+            let (d, _) = logic.tick(input, &mut sources);
             assert_eq!(d.reading.limit_bytes, None);
             assert_eq!(d.early_wake_at, None);
             assert!(d.retake_reserve);
