@@ -9,6 +9,7 @@ static ALLOC: heapwatch::Jemalloc = heapwatch::Jemalloc;
 
 fn main() {
     let (n, size) = pairs::args();
+    pairs::hold_first_block(size);
     pairs::run_pairs(1000, size); // warm the thread cache
     pairs::run_pairs(n, size);
 }

@@ -14,6 +14,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(512 * 1024);
     heapwatch::set_sample_rate(rate);
+    pairs::hold_first_block(size);
     pairs::run_pairs(1000, size);
     pairs::run_pairs(n, size);
 }

@@ -7,7 +7,7 @@
 //! by the next new thread, so totals stay exact however many threads start and exit.
 
 use crate::internal_alloc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// One thread's running totals. 64-byte aligned so two threads never share a line.
 #[repr(align(64))]
@@ -16,9 +16,27 @@ pub(crate) struct CounterBlock {
     allocated_objects: AtomicU64,
     freed_bytes: AtomicU64,
     freed_objects: AtomicU64,
+    /// The free gate (see [`CounterBlock::gate_passes`]): [`GATE_OPEN`] while every live
+    /// sample is at a promoted boundary, a closed value otherwise. Written by whoever opens or
+    /// closes the gates (under the table's lock) and by the block's creator; read by the owner
+    /// on every free.
+    gate: AtomicUsize,
     in_use: AtomicBool,
     next: AtomicPtr<CounterBlock>,
 }
+
+/// The free gate's open value: a free whose address has none of these bits set (a promoted
+/// boundary) is not counted on the fast path.
+const GATE_OPEN: usize = crate::filter::PROMOTED_ALIGN - 1;
+/// Closed: no address passes (user-space addresses never have the top bit set, so neither
+/// value lets one through); `GATE_NEW` is a fresh block's, which only its creator may open.
+const GATE_CLOSED: usize = 0;
+const GATE_NEW: usize = 1 << (usize::BITS - 1);
+
+/// The block of a thread that has none of its own (before its first allocation, after its
+/// exit): its gate never opens, so such a thread's frees take the slow path, which counts them
+/// as orphans. Never on the list, never written.
+pub(crate) static NO_BLOCK: CounterBlock = CounterBlock::new();
 
 /// Every block ever created, as a lock-free push-only list.
 static BLOCKS: AtomicPtr<CounterBlock> = AtomicPtr::new(std::ptr::null_mut());
@@ -34,6 +52,7 @@ impl CounterBlock {
             allocated_objects: AtomicU64::new(0),
             freed_bytes: AtomicU64::new(0),
             freed_objects: AtomicU64::new(0),
+            gate: AtomicUsize::new(GATE_NEW),
             in_use: AtomicBool::new(false),
             next: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -62,6 +81,14 @@ impl CounterBlock {
             .wrapping_sub(self.freed_objects.load(Ordering::Relaxed)) as i64
     }
 
+    /// Whether a free of `addr` may be counted on the fast path: the gate is open (the block is
+    /// a thread's own and every live sample is at a promoted boundary) and `addr` is not at
+    /// such a boundary, so it is certainly not a sample.
+    #[inline(always)]
+    pub(crate) fn gate_passes(&self, addr: usize) -> bool {
+        addr & self.gate.load(Ordering::Relaxed) != 0
+    }
+
     /// Records a free. Only the owning thread may call this.
     #[inline(always)]
     pub(crate) fn add_free(&self, bytes: usize) {
@@ -77,14 +104,14 @@ impl CounterBlock {
 
     /// Takes back a free that did not happen (a failed `realloc`). Owner only.
     pub(crate) fn undo_free(&self, bytes: usize) {
-        let drop_owned = |counter: &AtomicU64, by: u64| {
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_sub(by),
-                Ordering::Relaxed,
-            )
-        };
         drop_owned(&self.freed_bytes, bytes as u64);
         drop_owned(&self.freed_objects, 1);
+    }
+
+    /// Takes back an allocation that did not happen (the inner allocator failed). Owner only.
+    pub(crate) fn undo_alloc(&self, bytes: usize) {
+        drop_owned(&self.allocated_bytes, bytes as u64);
+        drop_owned(&self.allocated_objects, 1);
     }
 }
 
@@ -93,6 +120,14 @@ impl CounterBlock {
 fn bump_owned(counter: &AtomicU64, by: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+/// Load-subtract-store by the single writer.
+fn drop_owned(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_sub(by),
         Ordering::Relaxed,
     );
 }
@@ -111,6 +146,14 @@ pub(crate) fn orphan_free(bytes: usize) {
         .freed_bytes
         .fetch_add(bytes as u64, Ordering::Relaxed);
     ORPHAN.freed_objects.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes back an orphan allocation that did not happen (the inner allocator failed).
+pub(crate) fn orphan_undo_alloc(bytes: usize) {
+    ORPHAN
+        .allocated_bytes
+        .fetch_sub(bytes as u64, Ordering::Relaxed);
+    ORPHAN.allocated_objects.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Takes back an orphan free that did not happen (a failed `realloc`).
@@ -144,10 +187,41 @@ pub(crate) fn claim_block() -> Option<&'static CounterBlock> {
     loop {
         block.next.store(head, Ordering::Relaxed);
         let fresh = block as *const CounterBlock as *mut CounterBlock;
-        match BLOCKS.compare_exchange_weak(head, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Some(block),
+        match BLOCKS.compare_exchange_weak(head, fresh, Ordering::SeqCst, Ordering::Acquire) {
+            Ok(_) => break,
             Err(current) => head = current,
         }
+    }
+    // Open the new block's gate unless gates are closed. Against a concurrent closing: either
+    // its walk sees this block (pushed above, sequentially consistent) and closes it, which the
+    // exchange below then cannot undo, or this load sees the count it raised first.
+    if !GATES_CLOSED.load(Ordering::SeqCst) {
+        let _ = block.gate.compare_exchange(
+            GATE_NEW,
+            GATE_OPEN,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    Some(block)
+}
+
+/// Whether the free gates are closed (some live sample is not at a promoted boundary).
+static GATES_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Closes (`true`) or opens every block's free gate: closed while any live sample is not at a
+/// promoted boundary, so that every free asks the filter. Called by the filter under the
+/// table's lock, which orders the calls; a closing is complete before the sample that caused
+/// it is handed out, so any thread that can free that sample sees its gate closed.
+pub(crate) fn close_free_gates(closed: bool) {
+    GATES_CLOSED.store(closed, Ordering::SeqCst);
+    let value = if closed { GATE_CLOSED } else { GATE_OPEN };
+    let mut cursor = BLOCKS.load(Ordering::SeqCst);
+    while !cursor.is_null() {
+        // SAFETY: list blocks are leaked and never freed (see `claim_block`).
+        let block = unsafe { &*cursor };
+        block.gate.store(value, Ordering::Release);
+        cursor = block.next.load(Ordering::Acquire);
     }
 }
 

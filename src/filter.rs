@@ -1,6 +1,16 @@
 //! A lock-free filter of sampled addresses: the free path's one question, "was this pointer
 //! sampled?", answered without a lock or a table probe in the common case.
 //!
+//! Two steps. First the **alignment gate**: at the default rate every sampled block is
+//! *promoted*, allocated at a [`PROMOTED_ALIGN`] (4 KiB) boundary (see `alloc`), so a pointer
+//! that is not 4 KiB-aligned was not sampled, which a free learns from its own address: no
+//! memory touched, no cache miss. That holds while every live sample sits on such a boundary;
+//! samples taken without promotion (at rates finer than
+//! [`PROMOTE_MIN_RATE`](crate::sampler::PROMOTE_MIN_RATE), or when the promoted allocation failed)
+//! are counted in [`UNALIGNED_SAMPLES`], and while any lives, every free goes on to the bitmap.
+//! Then the **bitmap**, for 4 KiB-aligned pointers (every block of 4 KiB or more) and while
+//! unaligned samples live:
+//!
 //! One bit per slot, 2^20 slots (128 KiB). A pointer's slot is a multiplicative hash of its
 //! address. A set bit means "maybe sampled" and sends the free to the locked table; a clear bit
 //! means "certainly not". Bits are only set and cleared under the table lock, which also keeps
@@ -11,7 +21,17 @@
 //! Unbiased by construction: every sampled block is found on its free (no false negatives), and
 //! a false positive only costs a lookup that finds nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// The boundary promoted samples are allocated at: a page, as jemalloc's own profiling promotes
+/// its sampled small objects. A block at such a boundary may have been sampled; one elsewhere
+/// was not (while [`UNALIGNED_SAMPLES`] is zero).
+pub(crate) const PROMOTED_ALIGN: usize = 4096;
+
+/// Live samples not at a [`PROMOTED_ALIGN`] boundary. Changed only under the table lock, read
+/// by every free: a line written only when such a sample comes or goes, so it stays shared in
+/// every core's cache.
+static UNALIGNED_SAMPLES: AtomicUsize = AtomicUsize::new(0);
 
 /// log2 of the number of slots: 2^20 bits (128 KiB) keeps false positives near 0.1 % at a few
 /// thousand live samples while the pages touched stay small.
@@ -28,8 +48,22 @@ pub(crate) fn slot(addr: usize) -> u32 {
 }
 
 /// `false` means the address is certainly not sampled.
+///
+/// Why the order: a sample inserted before the pointer reached the freeing thread (which is
+/// how that thread got it) was counted in [`UNALIGNED_SAMPLES`] and marked in the bitmap
+/// before, so both loads see it (as the bitmap alone did before the gate).
 #[inline(always)]
 pub(crate) fn may_be_sampled(addr: usize) -> bool {
+    if addr & (PROMOTED_ALIGN - 1) != 0 && UNALIGNED_SAMPLES.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    in_bitmap(addr)
+}
+
+/// The bitmap's answer alone: `false` means the address is certainly not sampled. For a
+/// free past the alignment gate.
+#[inline(always)]
+pub(crate) fn in_bitmap(addr: usize) -> bool {
     let slot = slot(addr);
     // The mask keeps the index in bounds without a check that could panic.
     let word = BITS[(slot >> 6) as usize & (WORDS - 1)].load(Ordering::Relaxed);
@@ -44,6 +78,27 @@ pub(crate) fn set(slot: u32) {
 /// Marks a slot as holding no sample. Called under the table lock, once its count is zero.
 pub(crate) fn clear(slot: u32) {
     BITS[(slot >> 6) as usize & (WORDS - 1)].fetch_and(!(1u64 << (slot & 63)), Ordering::Release);
+}
+
+/// Counts a live sample at `addr` in (`true`) or out of the alignment gate's exceptions. Called
+/// under the table lock, as the sample is added or removed.
+pub(crate) fn note_sample(addr: usize, added: bool) {
+    if addr & (PROMOTED_ALIGN - 1) == 0 {
+        return;
+    }
+    // The first such sample closes every thread's free gate, the last one reopens them.
+    if added {
+        if UNALIGNED_SAMPLES.fetch_add(1, Ordering::SeqCst) == 0 {
+            crate::counters::close_free_gates(true);
+        }
+    } else if UNALIGNED_SAMPLES.fetch_sub(1, Ordering::SeqCst) == 1 {
+        crate::counters::close_free_gates(false);
+    }
+}
+
+/// Live samples that the alignment gate cannot rule out by address, for tests and stats.
+pub(crate) fn unaligned_samples() -> usize {
+    UNALIGNED_SAMPLES.load(Ordering::Relaxed)
 }
 
 /// Bytes of memory the filter occupies.

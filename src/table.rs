@@ -35,6 +35,15 @@ pub(crate) struct LiveSample {
     /// The allocating thread (see [`thread_state::current_thread`]), so a thread can read
     /// back what it alone keeps alive.
     thread: ThreadTag,
+    /// Allocated at a promoted layout (see [`filter`]): it must be freed at that layout.
+    promoted: bool,
+}
+
+impl LiveSample {
+    /// Whether the block was allocated at a promoted layout, which its free must use.
+    pub(crate) fn promoted(&self) -> bool {
+        self.promoted
+    }
 }
 
 struct StackEntry {
@@ -83,13 +92,46 @@ static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
 static HELD_FOR_FORK: crate::fork::GuardSlot<MutexGuard<'static, Table>> =
     crate::fork::GuardSlot::new();
 
-/// Records a sampled allocation at `addr` of `size` bytes drawn at `rate_bytes`, whose stack
-/// (innermost first) is `frames`, made by the calling thread.
-pub(crate) fn insert(addr: usize, size: u64, rate_bytes: u64, frames: &[usize]) {
+/// What a sampled allocation is, for [`insert`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewSample {
+    pub(crate) size: u64,
+    /// The mean interval it was drawn at.
+    pub(crate) rate_bytes: u64,
+    /// Allocated at a promoted layout (see [`filter`]).
+    pub(crate) promoted: bool,
+}
+
+/// Records a sampled allocation at `addr` whose stack (innermost first) is `frames`, made by the
+/// calling thread. `false` if there was no memory to keep it as a live sample: a promoted block
+/// must then not be handed out, since its free would not know its layout.
+pub(crate) fn insert(addr: usize, sample: NewSample, frames: &[usize]) -> bool {
     let thread = thread_state::current_thread();
     // The weight's `exp` before the lock, not under it.
-    let weight = crate::sampler::unbias_factor(size, rate_bytes);
-    lock().record_weighted(addr, size, rate_bytes, weight, frames, thread);
+    let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
+    lock().record_weighted(addr, sample, weight, frames, thread)
+}
+
+/// What [`remove_unless_promoted`] found at an address.
+pub(crate) enum Tracked {
+    /// No live sample.
+    No,
+    /// A sample at the caller's layout, now forgotten.
+    Unpromoted(LiveSample),
+    /// A sample at a promoted layout, still in the table.
+    Promoted,
+}
+
+/// For `realloc`: forgets the sample at `addr` unless its block is promoted (which `realloc`
+/// moves, and frees through the ordinary path).
+pub(crate) fn remove_unless_promoted(addr: usize) -> Tracked {
+    let _inside = thread_state::ProfilerGuard::enter();
+    let mut table = lock();
+    match table.live.get(&addr) {
+        None => Tracked::No,
+        Some(sample) if sample.promoted => Tracked::Promoted,
+        Some(_) => table.remove_live(addr).map_or(Tracked::No, Tracked::Unpromoted),
+    }
 }
 
 /// Puts back a sample removed by a `realloc` that then failed.
@@ -135,20 +177,25 @@ impl Table {
         thread: ThreadTag,
     ) {
         let weight = crate::sampler::unbias_factor(size, rate_bytes);
-        self.record_weighted(addr, size, rate_bytes, weight, frames, thread);
+        let sample = NewSample {
+            size,
+            rate_bytes,
+            promoted: false,
+        };
+        self.record_weighted(addr, sample, weight, frames, thread);
     }
 
-    /// Records a sample of `size` bytes drawn at `rate_bytes`, which stands for `weight`
-    /// allocations (see `sampler::unbias_factor`).
+    /// Records a sample, which stands for `weight` allocations (see `sampler::unbias_factor`);
+    /// `false` if it could not be kept live.
     fn record_weighted(
         &mut self,
         addr: usize,
-        size: u64,
-        rate_bytes: u64,
+        new: NewSample,
         weight: f64,
         frames: &[usize],
         thread: ThreadTag,
-    ) {
+    ) -> bool {
+        let size = new.size;
         let stack = self.intern(frames);
         if stack == OVERFLOW_STACK {
             self.overflow_alloc_objects += weight;
@@ -160,18 +207,22 @@ impl Table {
         let sample = LiveSample {
             stack,
             size,
-            rate_bytes,
+            rate_bytes: new.rate_bytes,
             thread,
+            promoted: new.promoted,
         };
-        if !self.add_live(addr, sample) {
+        let kept = self.add_live(addr, sample);
+        if !kept {
             self.dropped_samples += 1;
         }
+        kept
     }
 
     /// Forgets the live sample at `addr`, clearing its filter slot once no other sample is in
     /// it; returns the sample.
     fn remove_live(&mut self, addr: usize) -> Option<LiveSample> {
         let sample = self.live.remove(&addr)?;
+        filter::note_sample(addr, false);
         let slot = filter::slot(addr);
         let now_empty = match self.slot_counts.get_mut(&slot) {
             Some(count) if *count > 1 => {
@@ -197,6 +248,7 @@ impl Table {
             // by a path that bypassed the allocator); the slot is already counted.
             return true;
         }
+        filter::note_sample(addr, true);
         let slot = filter::slot(addr);
         *self.slot_counts.entry(slot).or_insert(0) += 1;
         filter::set(slot);
@@ -524,7 +576,12 @@ mod tests {
             let addr = address(5, 0);
             let stack = frames(5, 0);
             let before = profiler_stats();
-            insert(addr, 4096, RATE, &stack);
+            let new = NewSample {
+                size: 4096,
+                rate_bytes: RATE,
+                promoted: false,
+            };
+            assert!(insert(addr, new, &stack));
             let during = profiler_stats();
             assert_eq!(during.live_samples, before.live_samples + 1);
             assert_eq!(during.stacks, before.stacks + 1);
@@ -588,5 +645,38 @@ mod tests {
             crate::internal_alloc::symbolizer_heap_bytes() as u64,
             "the symbolizer's published figure"
         );
+    }
+
+    #[test]
+    fn an_unaligned_sample_closes_every_free_gate_until_it_goes() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            let _ = thread_state::record_alloc(0); // claims a block, gate open
+            let promoted = 0x7f00_0000_0000 + 7 * filter::PROMOTED_ALIGN;
+            let unaligned = promoted + 48;
+            let lets_through = |addr| thread_state::record_unsampled_free(addr, 0);
+            assert!(lets_through(unaligned), "no unaligned sample yet: the gate is open");
+            assert!(!lets_through(promoted), "a promoted boundary never passes");
+
+            let new = |promoted| NewSample {
+                size: 16,
+                rate_bytes: RATE,
+                promoted,
+            };
+            assert!(insert(promoted, new(true), &frames(2, 0)));
+            assert!(lets_through(unaligned), "a promoted sample leaves the gate open");
+            assert!(insert(unaligned, new(false), &frames(2, 1)));
+            assert_eq!(filter::unaligned_samples(), 1);
+            assert!(!lets_through(unaligned + 4096), "closed while an unaligned sample lives");
+            assert!(filter::may_be_sampled(unaligned));
+
+            // realloc's view: a promoted block stays in the table, an unaligned one is taken.
+            assert!(matches!(remove_unless_promoted(promoted), Tracked::Promoted));
+            assert!(matches!(remove_unless_promoted(unaligned), Tracked::Unpromoted(_)));
+            assert!(matches!(remove_unless_promoted(unaligned), Tracked::No));
+            assert_eq!(filter::unaligned_samples(), 0);
+            assert!(lets_through(unaligned + 4096), "reopened with the last one");
+            assert!(remove(promoted).is_some_and(|sample| sample.promoted()));
+        });
     }
 }

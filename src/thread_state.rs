@@ -22,8 +22,9 @@ use std::cell::Cell;
 const CHECKPOINT_BYTES: i64 = 1 << 20;
 
 struct ThreadState {
-    /// This thread's counter block; `None` before the first allocation and after exit.
-    block: Cell<Option<&'static CounterBlock>>,
+    /// This thread's counter block; [`counters::NO_BLOCK`] (whose free gate is always closed)
+    /// before the first allocation and after exit, so the free path needs no other check.
+    block: Cell<&'static CounterBlock>,
     /// Bytes to allocate before the next sample. Invariant: positive only while `block` is set,
     /// so the fast path needs no other check.
     bytes_until_sample: Cell<i64>,
@@ -46,7 +47,7 @@ struct ThreadState {
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
-            block: Cell::new(None),
+            block: Cell::new(&counters::NO_BLOCK),
             bytes_until_sample: Cell::new(0),
             deferred: Cell::new(0),
             checkpointed_net: Cell::new(0),
@@ -65,13 +66,14 @@ struct ExitHook;
 impl Drop for ExitHook {
     fn drop(&mut self) {
         let _ = STATE.try_with(|state| {
-            if let Some(block) = state.block.take() {
+            // Before the block goes: a positive countdown promises one (see `record_alloc`).
+            state.bytes_until_sample.set(0);
+            state.deferred.set(0);
+            if let Some(block) = own_block(state.block.replace(&counters::NO_BLOCK)) {
                 checkpoint(state, block);
                 counters::release_block(block);
             }
             state.exited.set(true);
-            state.bytes_until_sample.set(0);
-            state.deferred.set(0);
         });
     }
 }
@@ -90,13 +92,15 @@ pub(crate) enum Decision {
 #[inline(always)]
 pub(crate) fn record_alloc(size: usize) -> Decision {
     let counted = STATE.try_with(|state| {
-        let left = state.bytes_until_sample.get().wrapping_sub(size as i64);
-        if left > 0 {
-            if let Some(block) = state.block.get() {
-                state.bytes_until_sample.set(left);
-                block.add_alloc(size);
-                return true;
-            }
+        let left = state.bytes_until_sample.get();
+        // Stored whatever the branch: one subtraction in memory then serves both, and the slow
+        // path finds the countdown already charged with this allocation.
+        state.bytes_until_sample.set(left.wrapping_sub(size as i64));
+        if left > size as i64 {
+            // A positive countdown implies a block of the thread's own (the invariant on
+            // `bytes_until_sample`), never `NO_BLOCK`.
+            state.block.get().add_alloc(size);
+            return true;
         }
         false
     });
@@ -106,10 +110,49 @@ pub(crate) fn record_alloc(size: usize) -> Decision {
     record_alloc_slow(size)
 }
 
-/// Counts a free.
+/// Takes back a counted allocation that the inner allocator then failed to serve. (The
+/// countdown stays spent: a failed attempt is as likely to be drawn as any other, and a sample
+/// it would have been is simply not taken.)
+#[cold]
+#[inline(never)]
+pub(crate) fn undo_alloc(size: usize) {
+    let undone = STATE.try_with(|state| match own_block(state.block.get()) {
+        Some(block) => {
+            block.undo_alloc(size);
+            true
+        }
+        None => false,
+    });
+    if !matches!(undone, Ok(true)) {
+        counters::orphan_undo_alloc(size);
+    }
+}
+
+/// Counts the free of a block that certainly was not sampled, and returns `true`; returns
+/// `false`, counting nothing, when the block might have been sampled (its address is at a
+/// promoted boundary, or unaligned samples live: see [`filter`](crate::filter)) or the thread
+/// has no block of its own. The caller then takes the slow path: the table, then
+/// [`record_free`].
+///
+/// One thread-local load, one test of the address against the block's free gate, two owned
+/// counter updates: the gate folds "has a block" and "cannot be a sample" into one branch.
 #[inline(always)]
+pub(crate) fn record_unsampled_free(addr: usize, size: usize) -> bool {
+    let counted = STATE.try_with(|state| {
+        let block = state.block.get();
+        if block.gate_passes(addr) {
+            block.add_free(size);
+            return true;
+        }
+        false
+    });
+    matches!(counted, Ok(true))
+}
+
+/// Counts a free.
+#[inline]
 pub(crate) fn record_free(size: usize) {
-    let counted = STATE.try_with(|state| match state.block.get() {
+    let counted = STATE.try_with(|state| match own_block(state.block.get()) {
         Some(block) => {
             block.add_free(size);
             true
@@ -122,9 +165,15 @@ pub(crate) fn record_free(size: usize) {
     record_free_slow(size);
 }
 
+/// The thread's own block, or `None` for [`counters::NO_BLOCK`].
+#[inline(always)]
+fn own_block(block: &'static CounterBlock) -> Option<&'static CounterBlock> {
+    (!std::ptr::eq(block, &counters::NO_BLOCK)).then_some(block)
+}
+
 /// Takes back a counted free after a failed `realloc` left the block live.
 pub(crate) fn undo_free(size: usize) {
-    let undone = STATE.try_with(|state| match state.block.get() {
+    let undone = STATE.try_with(|state| match own_block(state.block.get()) {
         Some(block) => {
             block.undo_free(size);
             true
@@ -141,13 +190,16 @@ pub(crate) fn undo_free(size: usize) {
 fn record_alloc_slow(size: usize) -> Decision {
     let decision = STATE.try_with(|state| {
         let Some(block) = block_for(state) else {
+            // Kept at zero (the fast path charged it): no block, no countdown.
+            state.bytes_until_sample.set(0);
             counters::orphan_alloc(size);
             return Decision::Skip;
         };
         block.add_alloc(size);
         checkpoint(state, block);
 
-        let mut left = state.bytes_until_sample.get().wrapping_sub(size as i64);
+        // Already charged with this allocation by the fast path.
+        let mut left = state.bytes_until_sample.get();
         let generation = sampler::generation();
         if state.generation.get() != generation {
             // First allocation, or the rate or seed changed: start a fresh interval.
@@ -211,14 +263,14 @@ fn record_free_slow(size: usize) {
 
 /// The thread's block, claiming one on first use. `None` after the thread's exit hook ran.
 fn block_for(state: &ThreadState) -> Option<&'static CounterBlock> {
-    if let Some(block) = state.block.get() {
+    if let Some(block) = own_block(state.block.get()) {
         return Some(block);
     }
     if state.exited.get() {
         return None;
     }
     let block = counters::claim_block()?;
-    state.block.set(Some(block));
+    state.block.set(block);
     // A block handed back by an exited thread keeps its counts; only what this thread does
     // from now on is news to the early wake.
     state.checkpointed_net.set(block.net_bytes());
@@ -278,7 +330,7 @@ fn restart_interval(state: &ThreadState, generation: u64, rate_bytes: u64) {
     let interval = sampler::draw_interval(&mut rng, rate_bytes);
     state.rng.set(rng);
     // Keep the invariant: a positive countdown only with a block.
-    if state.block.get().is_some() {
+    if own_block(state.block.get()).is_some() {
         count_down(state, interval);
     } else {
         state.bytes_until_sample.set(0);
@@ -333,7 +385,7 @@ impl ThreadTag {
 pub(crate) fn current_thread() -> ThreadTag {
     STATE
         .try_with(|state| {
-            state.block.get().map_or(ThreadTag::NONE, |block| {
+            own_block(state.block.get()).map_or(ThreadTag::NONE, |block| {
                 ThreadTag(std::ptr::from_ref(block) as usize)
             })
         })
@@ -351,10 +403,7 @@ pub(crate) fn thread_net_bytes() -> Option<i64> {
 pub(crate) fn thread_net() -> Option<(i64, i64)> {
     STATE
         .try_with(|state| {
-            state
-                .block
-                .get()
-                .map(|block| (block.net_bytes(), block.net_objects()))
+            own_block(state.block.get()).map(|block| (block.net_bytes(), block.net_objects()))
         })
         .ok()
         .flatten()
@@ -392,7 +441,7 @@ mod tests {
     /// Claims the calling thread's counter block, reporting nothing to the early wake.
     fn claim_block() -> &'static CounterBlock {
         let _ = record_alloc(0);
-        with_state(|state| state.block.get()).expect("a block")
+        with_state(|state| own_block(state.block.get())).expect("a block")
     }
 
     /// Runs `step` until no configuration change landed during it: the leak check's unit test
