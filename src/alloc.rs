@@ -121,9 +121,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
                 // A promoted sample needs a block at its own layout: allocate, copy, free.
                 // SAFETY: `new_size` with the caller's alignment is a valid layout (the
                 // caller's contract), and the block is not promoted (checked above).
-                return unsafe {
-                    self.move_to_sample(ptr, layout, new_size, rate_bytes, removed)
-                };
+                return unsafe { self.move_to_sample(ptr, layout, new_size, rate_bytes, removed) };
             }
             Decision::Sample { rate_bytes } => Some(rate_bytes),
             Decision::Skip => None,
@@ -299,17 +297,19 @@ impl<A: GlobalAlloc> Alloc<A> {
 unsafe fn promoted_unchecked(layout: Layout) -> Layout {
     // SAFETY: the same size and the larger alignment formed a valid layout before.
     unsafe {
-        Layout::from_size_align_unchecked(
-            layout.size(),
-            layout.align().max(filter::PROMOTED_ALIGN),
-        )
+        Layout::from_size_align_unchecked(layout.size(), layout.align().max(filter::PROMOTED_ALIGN))
     }
 }
 
 /// Takes back a `realloc` that failed: the old block's free (and its sample), and the new
 /// allocation of `new_size` bytes (0: already taken back).
 #[cold]
-fn undo_realloc(ptr: *mut u8, old_size: usize, new_size: usize, removed: Option<table::LiveSample>) {
+fn undo_realloc(
+    ptr: *mut u8,
+    old_size: usize,
+    new_size: usize,
+    removed: Option<table::LiveSample>,
+) {
     thread_state::undo_free(old_size);
     if new_size != 0 {
         thread_state::undo_alloc(new_size);

@@ -196,12 +196,10 @@ pub(crate) fn claim_block() -> Option<&'static CounterBlock> {
     // its walk sees this block (pushed above, sequentially consistent) and closes it, which the
     // exchange below then cannot undo, or this load sees the count it raised first.
     if !GATES_CLOSED.load(Ordering::SeqCst) {
-        let _ = block.gate.compare_exchange(
-            GATE_NEW,
-            GATE_OPEN,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            block
+                .gate
+                .compare_exchange(GATE_NEW, GATE_OPEN, Ordering::Relaxed, Ordering::Relaxed);
     }
     Some(block)
 }

@@ -96,9 +96,20 @@ pub(crate) fn note_sample(addr: usize, added: bool) {
     }
 }
 
-/// Live samples that the alignment gate cannot rule out by address, for tests and stats.
+/// Live samples that the alignment gate cannot rule out by address.
 pub(crate) fn unaligned_samples() -> usize {
     UNALIGNED_SAMPLES.load(Ordering::Relaxed)
+}
+
+/// **A test hook, not API**: hidden from the docs, outside any semver promise, and free to
+/// change or go without notice.
+///
+/// Live samples not at a 4 KiB boundary (taken at rates finer than 128 KiB, or whose promoted
+/// allocation failed): while any lives, every free consults the sampled-address bitmap.
+/// `tests/promoted_samples.rs` reads it to check that the default rate promotes every sample.
+#[doc(hidden)]
+pub fn __unaligned_live_samples() -> usize {
+    unaligned_samples()
 }
 
 /// Bytes of memory the filter occupies.

@@ -86,6 +86,7 @@ pub mod watch;
 
 pub use crate::alloc::Alloc;
 pub use counters::{__orphan_allocated_objects, stats, HeapStats};
+pub use filter::__unaligned_live_samples;
 pub use internal_alloc::profiler_bytes;
 #[cfg(feature = "jemalloc")]
 pub use jemalloc_stats::{jemalloc_stats, JemallocStats};

@@ -130,7 +130,9 @@ pub(crate) fn remove_unless_promoted(addr: usize) -> Tracked {
     match table.live.get(&addr) {
         None => Tracked::No,
         Some(sample) if sample.promoted => Tracked::Promoted,
-        Some(_) => table.remove_live(addr).map_or(Tracked::No, Tracked::Unpromoted),
+        Some(_) => table
+            .remove_live(addr)
+            .map_or(Tracked::No, Tracked::Unpromoted),
     }
 }
 
@@ -655,7 +657,10 @@ mod tests {
             let promoted = 0x7f00_0000_0000 + 7 * filter::PROMOTED_ALIGN;
             let unaligned = promoted + 48;
             let lets_through = |addr| thread_state::record_unsampled_free(addr, 0);
-            assert!(lets_through(unaligned), "no unaligned sample yet: the gate is open");
+            assert!(
+                lets_through(unaligned),
+                "no unaligned sample yet: the gate is open"
+            );
             assert!(!lets_through(promoted), "a promoted boundary never passes");
 
             let new = |promoted| NewSample {
@@ -664,15 +669,27 @@ mod tests {
                 promoted,
             };
             assert!(insert(promoted, new(true), &frames(2, 0)));
-            assert!(lets_through(unaligned), "a promoted sample leaves the gate open");
+            assert!(
+                lets_through(unaligned),
+                "a promoted sample leaves the gate open"
+            );
             assert!(insert(unaligned, new(false), &frames(2, 1)));
             assert_eq!(filter::unaligned_samples(), 1);
-            assert!(!lets_through(unaligned + 4096), "closed while an unaligned sample lives");
+            assert!(
+                !lets_through(unaligned + 4096),
+                "closed while an unaligned sample lives"
+            );
             assert!(filter::may_be_sampled(unaligned));
 
             // realloc's view: a promoted block stays in the table, an unaligned one is taken.
-            assert!(matches!(remove_unless_promoted(promoted), Tracked::Promoted));
-            assert!(matches!(remove_unless_promoted(unaligned), Tracked::Unpromoted(_)));
+            assert!(matches!(
+                remove_unless_promoted(promoted),
+                Tracked::Promoted
+            ));
+            assert!(matches!(
+                remove_unless_promoted(unaligned),
+                Tracked::Unpromoted(_)
+            ));
             assert!(matches!(remove_unless_promoted(unaligned), Tracked::No));
             assert_eq!(filter::unaligned_samples(), 0);
             assert!(lets_through(unaligned + 4096), "reopened with the last one");
