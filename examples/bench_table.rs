@@ -27,7 +27,7 @@ const CONFIGS: [&str; 12] = [
 ];
 
 /// Workloads in column order.
-const WORKLOADS: [&str; 11] = [
+const WORKLOADS: [&str; 12] = [
     "pair_16B_1t",
     "pair_256B_1t",
     "pair_4KiB_1t",
@@ -39,6 +39,7 @@ const WORKLOADS: [&str; 11] = [
     "producer_consumer_64B",
     "json_parse_drop",
     "btreemap_build_sort_drop",
+    "request_tokenise_sort_format",
 ];
 
 type Medians = BTreeMap<(String, String), f64>;
@@ -137,8 +138,10 @@ fn print_peak_rss(rounds_dir: &Path) {
         }
     }
     println!("Peak RSS (MiB) over 30 runs of each realistic workload, one process per cell:\n");
-    println!("| configuration | json_parse_drop | btreemap_build_sort_drop |");
-    println!("|---|---:|---:|");
+    println!(
+        "| configuration | json_parse_drop | btreemap_build_sort_drop | request_tokenise_sort_format |"
+    );
+    println!("|---|---:|---:|---:|");
     for config in CONFIGS.iter().filter(|c| rows.contains_key(**c)) {
         let row = &rows[*config];
         let cell = |w: &str| {
@@ -146,9 +149,10 @@ fn print_peak_rss(rounds_dir: &Path) {
                 .map_or("–".to_owned(), |k| format!("{:.1}", *k as f64 / 1024.0))
         };
         println!(
-            "| {config} | {} | {} |",
+            "| {config} | {} | {} | {} |",
             cell("json_parse_drop"),
-            cell("btreemap_build_sort_drop")
+            cell("btreemap_build_sort_drop"),
+            cell("request_tokenise_sort_format")
         );
     }
     println!();

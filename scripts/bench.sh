@@ -79,7 +79,7 @@ done
 echo "peak RSS…" >&2
 for name in "${benches[@]}"; do
     for config in ${configs[$name]}; do
-        for workload in json_parse_drop btreemap_build_sort_drop; do
+        for workload in json_parse_drop btreemap_build_sort_drop request_tokenise_sort_format; do
             kib=$(HEAPWATCH_BENCH_PEAK_RSS="$config/$workload" bench "$name" 2>/dev/null |
                 sed -n 's/^peak_rss_kib=//p')
             echo "$config $workload ${kib:-?}" >>"$rounds_dir/peak_rss.txt"

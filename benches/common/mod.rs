@@ -12,9 +12,12 @@
 
 #![allow(dead_code)]
 
+#[path = "workloads.rs"]
+mod workloads;
+
 use criterion::{BenchmarkId, Criterion, Throughput};
+use workloads::{json_document, json_workload, map_workload, request_text, request_workload};
 use std::alloc::{alloc, dealloc, Layout};
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -114,44 +117,6 @@ fn producer_consumer(iters: u64) -> Duration {
     start.elapsed()
 }
 
-/// A JSON document of about 200 KB: 1,000 records with strings, numbers and arrays.
-pub fn json_document() -> String {
-    let mut text = String::from("[");
-    for i in 0..1000 {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&format!(
-            r#"{{"id":{i},"name":"user-{i}","email":"user{i}@example.com","active":{},"score":{}.5,"tags":["alpha","beta","gamma-{i}"],"address":{{"city":"City {i}","zip":"{:05}"}}}}"#,
-            i % 2 == 0,
-            i * 7,
-            i * 13 % 100000
-        ));
-    }
-    text.push(']');
-    text
-}
-
-/// Parses the document into a `serde_json::Value` and drops it (about 19,000 allocations).
-fn json_workload(document: &str) {
-    let value: serde_json::Value = serde_json::from_str(black_box(document)).expect("valid JSON");
-    black_box(&value);
-}
-
-/// Builds a 10,000-entry string-keyed map, sorts its keys by value length, and drops it.
-fn map_workload() -> usize {
-    let mut map: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for i in 0..10_000u32 {
-        map.insert(
-            format!("key-{:08}", i.wrapping_mul(2_654_435_761)),
-            vec![i as u8; (i % 200) as usize + 8],
-        );
-    }
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_by_key(|k| map[*k].len());
-    black_box(keys.len())
-}
-
 /// Every workload under the configuration `name`.
 fn run(c: &mut Criterion, name: &str) {
     for threads in [1, 2] {
@@ -187,6 +152,13 @@ fn run(c: &mut Criterion, name: &str) {
     let mut group = c.benchmark_group("btreemap_build_sort_drop");
     group.bench_function(BenchmarkId::from_parameter(name), |b| b.iter(map_workload));
     group.finish();
+
+    let text = request_text();
+    let mut group = c.benchmark_group("request_tokenise_sort_format");
+    group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        b.iter(|| request_workload(&text))
+    });
+    group.finish();
 }
 
 fn size_label(size: usize) -> String {
@@ -209,11 +181,15 @@ fn peak_rss(configs: &[Config], request: &str) {
         .unwrap_or_else(|| panic!("no configuration {config_name} in this binary"));
     (config.setup)();
     let document = json_document();
+    let text = request_text();
     for _ in 0..PEAK_RSS_ITERATIONS {
         match workload {
             "json_parse_drop" => json_workload(&document),
             "btreemap_build_sort_drop" => {
                 map_workload();
+            }
+            "request_tokenise_sort_format" => {
+                request_workload(&text);
             }
             other => panic!("no peak-RSS workload {other}"),
         }
