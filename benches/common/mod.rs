@@ -16,11 +16,11 @@
 mod workloads;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use workloads::{json_document, json_workload, map_workload, request_text, request_workload};
 use std::alloc::{alloc, dealloc, Layout};
 use std::hint::black_box;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
+use workloads::{json_document, json_workload, map_workload, request_text, request_workload};
 
 /// Block sizes of the alloc/free pair workloads.
 const PAIR_SIZES: [usize; 4] = [16, 256, 4096, 1 << 20];

@@ -50,7 +50,12 @@ pub fn run_from_args() {
             run_pairs(1000, size);
             run_pairs(pairs, size);
         }
-        Run::Realistic { rounds } => realistic::run_realistic(rounds),
+        Run::Realistic { rounds } => {
+            let before = heapwatch::stats().freed_objects;
+            realistic::run_realistic(rounds);
+            // What heapwatch counted (zero under bare jemalloc); `scripts/callgrind.sh` reads it.
+            println!("frees={}", heapwatch::stats().freed_objects - before);
+        }
     }
 }
 
