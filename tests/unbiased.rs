@@ -6,7 +6,10 @@
 //! would drift above the truth; if it dropped live ones, below. Over 300 seeds with mixed block
 //! sizes, reallocs and half the blocks freed (some on another thread), the mean estimate must
 //! equal the truth within four standard errors, and every sample must be gone once everything
-//! is freed.
+//! is freed. Twice: at 16 KiB, where samples stay where the allocator put them and every free
+//! asks the filter's bitmap, and at 128 KiB, the finest rate that promotes sampled blocks to a
+//! 4 KiB boundary, where a free is ruled out by its address and the sampled ones move on
+//! `realloc`.
 
 // One allocation per block is the point: the boxes inside vectors are deliberate.
 #![allow(clippy::vec_box)]
@@ -17,7 +20,6 @@ use std::sync::mpsc;
 #[global_allocator]
 static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 
-const RATE: u64 = 16 * 1024;
 const TRIALS: u64 = 300;
 // Odd length, so the blocks kept (even indexes) and freed (odd) both cover every size.
 const SIZES: [usize; 7] = [24, 100, 700, 3000, 9000, 40000, 64];
@@ -72,7 +74,17 @@ impl Errors {
 
 #[test]
 fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
-    heapwatch::set_sample_rate(RATE);
+    // One test, the two rates in turn: the sampler's rate is process-wide.
+    unbiased_at(16 * 1024, false);
+    unbiased_at(128 * 1024, true);
+}
+
+/// The trials at `rate`; `promoted` says whether the rate promotes sampled blocks, which the
+/// test checks rather than assumes.
+fn unbiased_at(rate: u64, promoted: bool) {
+    heapwatch::set_sample_rate(rate);
+    // Fewer samples at a coarser rate: the spread the seeds must narrow to grows with it.
+    let spread = (rate as f64 / (16.0 * 1024.0)).sqrt();
     drop(heapwatch::snapshot());
 
     // The other thread answers each batch once it has freed it, so the snapshots below see
@@ -127,6 +139,11 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
         freed_inbox.recv().expect("the freeing thread answers");
 
         let profile = heapwatch::snapshot();
+        assert_eq!(
+            heapwatch::__unaligned_live_samples() == 0,
+            promoted,
+            "every live sample at a 4 KiB boundary exactly when the rate promotes"
+        );
         let error = |estimate: f64, truth: f64| estimate / truth - 1.0;
         mixed_space.0.push(error(
             flat(&profile, SampleType::InuseSpace, "mixed_site"),
@@ -166,8 +183,10 @@ fn estimates_are_unbiased_across_seeds_with_frees_and_reallocs() {
         ("grown_site inuse_space (realloc)", &grown_space, 0.02),
     ] {
         let (mean, standard_error) = errors.summary();
+        let resolution = resolution * spread;
         println!(
-            "{name}: mean error {:+.3} % ± {:.3} % (standard error over {TRIALS} seeds)",
+            "at {} KiB, {name}: mean error {:+.3} % ± {:.3} % (standard error over {TRIALS} seeds)",
+            rate / 1024,
             mean * 100.0,
             standard_error * 100.0
         );
