@@ -4,12 +4,15 @@
 //! Two steps. First the **alignment gate**: at the default rate every sampled block is
 //! *promoted*, allocated at a [`PROMOTED_ALIGN`] (4 KiB) boundary (see `alloc`), so a pointer
 //! that is not 4 KiB-aligned was not sampled, which a free learns from its own address: no
-//! memory touched, no cache miss. That holds while every live sample sits on such a boundary;
-//! samples taken without promotion (at rates finer than
-//! [`PROMOTE_MIN_RATE`](crate::sampler::PROMOTE_MIN_RATE), or when the promoted allocation failed)
-//! are counted in [`UNALIGNED_SAMPLES`], and while any lives, every free goes on to the bitmap.
-//! Then the **bitmap**, for 4 KiB-aligned pointers (every block of 4 KiB or more) and while
-//! unaligned samples live:
+//! memory touched, no cache miss. The free path applies it through its thread's counter block
+//! (the block's *free gate*, [`CounterBlock::gate_passes`](crate::counters::CounterBlock)), on
+//! the cache line it counts on anyway; [`may_be_sampled`] is the same test for paths that hold
+//! no block (`realloc`). That holds while every live sample sits on such a boundary; samples
+//! taken without promotion (at rates finer than
+//! [`PROMOTE_MIN_RATE`](crate::sampler::PROMOTE_MIN_RATE), or when the promoted allocation
+//! failed) are counted in [`UNALIGNED_SAMPLES`]: the first closes every block's gate, the last
+//! reopens them, and meanwhile every free goes on to the bitmap. Then the **bitmap**, for
+//! 4 KiB-aligned pointers (every block of 4 KiB or more) and while unaligned samples live:
 //!
 //! One bit per slot, 2^20 slots (128 KiB). A pointer's slot is a multiplicative hash of its
 //! address. A set bit means "maybe sampled" and sends the free to the locked table; a clear bit
