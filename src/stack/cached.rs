@@ -16,9 +16,10 @@
 //! * **Validity (`dlclose`).** framehop reads an object's tables in place, so they must still be
 //!   mapped. Before the first frame of each object in a walk, `_dl_find_object` must report the
 //!   same object (range and `.eh_frame_hdr`) as the one added; an object whose code is on the
-//!   stack being walked cannot be unloaded meanwhile. A return address in no loaded object, or in
-//!   one not yet added or replaced since, stops the walk (the sample goes to libgcc, and the
-//!   object is added for the next one).
+//!   stack being walked cannot be unloaded meanwhile. A return address in no loaded object ends
+//!   the walk there (libgcc, which reads the code at such an address looking for a signal
+//!   trampoline, is not asked about that chain: it may fault). One in an object not added yet,
+//!   or replaced since, has the object added (outside the walk) and the walk started again.
 //! * **Stack reads.** Every read goes through one closure that checks the address against the
 //!   bounds of the stack the walk started on: the thread's own stack, from the stack pointer to
 //!   its top (`stack_containing`, as the frame-pointer walk). On a signal stack or a stack of
@@ -121,7 +122,12 @@ static DISAGREEMENTS: AtomicU64 = AtomicU64::new(0);
 /// `_dl_find_object`, a stack of unknown bounds, a lock busy, or a frame the cache cannot walk.
 #[inline(never)]
 pub(super) fn unwind(frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
-    let depth = walk_cached(frames)?;
+    let (depth, end) = walk_cached(frames)?;
+    if end == End::OutsideObjects {
+        // libgcc would read the code at that address (looking for a signal trampoline) and
+        // may fault: the walk's frames up to there are kept unconfirmed.
+        return Some(depth);
+    }
     let hash = chain_hash(&frames[..depth]);
     let slot = &VERIFIED[hash as usize % VERIFIED_SLOTS];
     if slot.load(Ordering::Relaxed) == hash {
@@ -143,7 +149,7 @@ pub(super) fn unwind(frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
 #[inline(never)]
 pub(crate) fn compare_here() -> Comparison {
     let mut walked = [0usize; MAX_FRAMES];
-    let Some(depth) = walk_cached(&mut walked) else {
+    let Some((depth, End::Complete)) = walk_cached(&mut walked) else {
         return Comparison::NotWalked;
     };
     let mut checked = [0usize; MAX_FRAMES];
@@ -182,14 +188,15 @@ fn aligned(walked: &[usize], checked: &[usize]) -> Option<usize> {
         Some(last) => &checked[..=last],
         None => return None,
     };
-    let (from_walked, from_checked) = walked
-        .iter()
-        .take(INNER_SLACK + 1)
-        .enumerate()
-        .find_map(|(i, ra)| {
-            let j = checked.iter().take(INNER_SLACK + 1).position(|c| c == ra)?;
-            Some((i, j))
-        })?;
+    let (from_walked, from_checked) =
+        walked
+            .iter()
+            .take(INNER_SLACK + 1)
+            .enumerate()
+            .find_map(|(i, ra)| {
+                let j = checked.iter().take(INNER_SLACK + 1).position(|c| c == ra)?;
+                Some((i, j))
+            })?;
     let (walked, checked) = (&walked[from_walked..], &checked[from_checked..]);
     let common = walked.len().min(checked.len());
     let cut = |chain: &[usize], from: usize| chain.len() + from >= MAX_FRAMES;
@@ -210,7 +217,7 @@ fn chain_hash(chain: &[usize]) -> u64 {
 }
 
 /// The cached walk: takes a cache and the module list, adding objects met on the way.
-fn walk_cached(frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
+fn walk_cached(frames: &mut [usize; MAX_FRAMES]) -> Option<(usize, End)> {
     let find = dl_find_object()?;
     let unwinding: &Unwinding = &UNWINDING;
     for slot in &unwinding.caches {
@@ -235,7 +242,7 @@ fn walk_adding_objects(
     modules: &RwLock<Option<Modules>>,
     cache: &mut Cache,
     find: DlFindObject,
-) -> Option<usize> {
+) -> Option<(usize, End)> {
     for _ in 0..OBJECTS_ADDED_PER_SAMPLE {
         let walked = {
             let modules = match modules.try_read() {
@@ -249,7 +256,7 @@ fn walk_adding_objects(
             }
         };
         match walked {
-            Walked::Done(depth) => return Some(depth),
+            Walked::Done(depth, end) => return Some((depth, end)),
             Walked::GiveUp => return None,
             Walked::NeedObject(found) => {
                 let mut modules = match modules.try_write() {
@@ -281,13 +288,23 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, (i64, i64)) {
 
 /// How a walk ended.
 enum Walked {
-    /// The stack's end (or [`MAX_FRAMES`]): this many frames.
-    Done(usize),
+    /// This many frames, to the end said.
+    Done(usize, End),
     /// A frame in an object not added yet (or replaced since): add it and walk again.
     /// `None`: no module list yet.
     NeedObject(Option<FoundObject>),
     /// A frame that cannot be walked here: libgcc unwinds the stack.
     GiveUp,
+}
+
+/// Where a finished walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// At the stack's end (as its unwind tables say), or at [`MAX_FRAMES`].
+    Complete,
+    /// At a return address in no loaded object (not kept): a corrupt stack, or code without
+    /// an object (JIT). libgcc is not asked to confirm such a chain.
+    OutsideObjects,
 }
 
 /// Walks the calling thread's stack from this function's own frame; the return addresses
@@ -338,6 +355,8 @@ fn walk(
         if !validated.contains(&lookup) {
             match modules.validate(lookup, find) {
                 Ok(range) => validated = range,
+                // That address, the last frame recorded, is not code: the chain ends before it.
+                Err(Walked::Done(_, end)) => return Walked::Done(depth.saturating_sub(1), end),
                 Err(walked) => return walked,
             }
         }
@@ -357,7 +376,7 @@ fn walk(
             Err(_) => return Walked::GiveUp,
         }
     }
-    Walked::Done(depth)
+    Walked::Done(depth, End::Complete)
 }
 
 /// The objects known to the walk, and framehop's view of the same.
@@ -388,7 +407,7 @@ impl Modules {
     /// are mapped while its code is on the stack).
     fn validate(&self, lookup: u64, find: DlFindObject) -> Result<Range<u64>, Walked> {
         let Some(found) = FoundObject::containing(lookup, find) else {
-            return Err(Walked::GiveUp);
+            return Err(Walked::Done(0, End::OutsideObjects));
         };
         let index = self.known.partition_point(|known| known.start <= lookup);
         match index.checked_sub(1).map(|i| &self.known[i]) {
@@ -419,7 +438,8 @@ impl Modules {
         let sections = found.sections();
         if let Some(sections) = &sections {
             let svma = |range: &Range<usize>| {
-                (range.start as u64).wrapping_sub(found.bias)..(range.end as u64).wrapping_sub(found.bias)
+                (range.start as u64).wrapping_sub(found.bias)
+                    ..(range.end as u64).wrapping_sub(found.bias)
             };
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
@@ -436,7 +456,9 @@ impl Modules {
                 info,
             ));
         }
-        let at = self.known.partition_point(|known| known.start < found.start);
+        let at = self
+            .known
+            .partition_point(|known| known.start < found.start);
         self.known.insert(
             at,
             KnownObject {
@@ -522,8 +544,7 @@ impl FoundObject {
         let mut result: DlFindObjectResult = unsafe { std::mem::zeroed() };
         // SAFETY: `_dl_find_object` only writes `result` and reads the loader's own tables
         // (lock-free, async-signal-safe: glibc's documentation).
-        if unsafe { find(address as *mut c_void, &mut result) } != 0 || result.link_map.is_null()
-        {
+        if unsafe { find(address as *mut c_void, &mut result) } != 0 || result.link_map.is_null() {
             return None;
         }
         // SAFETY: a successful call points `dlfo_link_map` to the object's `struct link_map`,
