@@ -147,29 +147,23 @@ pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
 /// The caching unwinder, or libgcc's where it gives up.
 #[inline(never)]
 fn unwind_cached(frames: &mut [usize; MAX_FRAMES]) -> usize {
-    match cached::unwind(frames) {
+    match cached::unwind(frames, HOST) {
         Some(depth) => depth,
         None => unwind(frames),
     }
 }
 
-/// How the caching unwinder compares with libgcc's at one stack: test support, not API.
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum Comparison {
-    /// Both unwound; the chains agree over this many frames.
-    Agree(usize),
-    /// Both unwound and disagree.
-    Disagree {
-        /// The cached walk.
-        cached: Vec<usize>,
-        /// libgcc's.
-        libgcc: Vec<usize>,
+/// What the caching unwinder takes from here: the stack bounds and libgcc's unwinder.
+const HOST: cached::Host = cached::Host {
+    own_stack_top: |sp| match stack_containing(sp) {
+        Some(Stack::Own { top }) => Some(top),
+        _ => None,
     },
-    /// The caching unwinder gave the stack to libgcc (a stack of unknown bounds, a frame it
-    /// cannot walk, a lock busy, or it is not built).
-    NotWalked,
-}
+    libgcc: unwind,
+};
+
+#[doc(hidden)]
+pub use cached::Comparison;
 
 /// Unwinds the caller's stack with the caching unwinder and with libgcc's and compares the
 /// chains, bypassing the chains already confirmed: test support, not API.
@@ -180,7 +174,7 @@ pub fn __compare_unwinders() -> Comparison {
     let Some(_guard) = crate::thread_state::ProfilerGuard::enter() else {
         return Comparison::NotWalked;
     };
-    cached::compare_here()
+    cached::compare_here(HOST)
 }
 
 /// Chains on which the caching unwinder and libgcc's disagreed since start (libgcc's was
@@ -206,12 +200,33 @@ mod cached;
     target_arch = "x86_64"
 )))]
 mod cached {
-    use super::{Comparison, MAX_FRAMES};
+    /// As the caching unwinder's.
+    #[derive(Clone, Copy)]
+    pub(super) struct Host {
+        pub(super) own_stack_top: fn(usize) -> Option<usize>,
+        pub(super) libgcc: fn(&mut [usize]) -> usize,
+    }
 
-    pub(super) fn unwind(_frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
+    /// As the caching unwinder's: here only ever `NotWalked`.
+    #[derive(Debug)]
+    pub enum Comparison {
+        /// Both unwound; the chains agree over this many frames.
+        Agree(usize),
+        /// Both unwound and disagree.
+        Disagree {
+            /// The cached walk.
+            cached: Vec<usize>,
+            /// libgcc's.
+            libgcc: Vec<usize>,
+        },
+        /// The caching unwinder is not built: libgcc unwinds every stack.
+        NotWalked,
+    }
+
+    pub(super) fn unwind(_frames: &mut [usize], _host: Host) -> Option<usize> {
         None
     }
-    pub(super) fn compare_here() -> Comparison {
+    pub(super) fn compare_here(_host: Host) -> Comparison {
         Comparison::NotWalked
     }
     pub(super) fn disagreements() -> u64 {
@@ -280,7 +295,7 @@ fn chains_agree(unwound: &[usize], walked: &[usize]) -> bool {
 /// Outermost frames the walk may miss and still agree: libc's thread-entry frames.
 const OUTER_SLACK: usize = 3;
 
-fn unwind(frames: &mut [usize; MAX_FRAMES]) -> usize {
+fn unwind(frames: &mut [usize]) -> usize {
     let mut depth = 0;
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips backtrace's global lock,
     // which guards unwinders that are not thread-safe; the Linux/glibc `_Unwind_Backtrace` is
@@ -288,7 +303,7 @@ fn unwind(frames: &mut [usize; MAX_FRAMES]) -> usize {
     // stops the walk first).
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            if depth >= MAX_FRAMES {
+            if depth >= frames.len() {
                 return false;
             }
             frames[depth] = frame.ip() as usize;

@@ -2,9 +2,12 @@
 //! process, read in place from their memory.
 //!
 //! libgcc's `_Unwind_Backtrace` finds and interprets the unwind tables of every frame, every
-//! time: ~80 ns a frame. framehop keeps the rule it derived for a return address in a cache
-//! (509 slots), so a stack seen before costs one cache probe and two or three stack reads a
-//! frame. What it needs, and where it comes from:
+//! time: ~80–150 ns a frame. framehop keeps the rule it derived for a return address in a
+//! cache (509 slots, direct-mapped), so a stack seen before costs one cache probe and two or
+//! three stack reads a frame (~13 ns). Two return addresses of one stack that share a slot
+//! (addresses equal modulo 509) evict each other and cost a table lookup (~200 ns) at every
+//! sample: seen once in a test program; framehop's cache is not ours to change. What it
+//! needs, and where it comes from:
 //!
 //! * **The objects and their unwind tables.** Not from `dl_iterate_phdr` (a lock glibc does not
 //!   reset in a forked child, and contention between sampling threads) but from glibc's
@@ -22,7 +25,7 @@
 //!   or replaced since, has the object added (outside the walk) and the walk started again.
 //! * **Stack reads.** Every read goes through one closure that checks the address against the
 //!   bounds of the stack the walk started on: the thread's own stack, from the stack pointer to
-//!   its top (`stack_containing`, as the frame-pointer walk). On a signal stack or a stack of
+//!   its top (`stack_containing` in `stack`, as the frame-pointer walk). On a signal stack or a stack of
 //!   unknown bounds (coroutine, `stacker` segment) nothing is walked: libgcc unwinds it.
 //! * **No allocation during a walk** (`MustNotAllocateDuringUnwind`), and no waiting: the
 //!   module list is an `RwLock` taken with `try_read` (a writer is adding an object, or a fork
@@ -35,14 +38,15 @@
 //! a chain walked for the first time (by its hash, in a table of [`VERIFIED_SLOTS`]) is unwound
 //! by libgcc as well, and kept only if the two agree; if not, libgcc's is used, and the chain
 //! is checked again the next time. A service's allocation sites repeat, so after warm-up nearly
-//! every sample is a cached walk and a table probe.
+//! every sample is a cached walk and a table probe. Not confirmed: a chain that ends at a return
+//! address in no loaded object (libgcc may fault there), kept up to that frame. (On a signal
+//! frame the raw walk does disagree, and libgcc's chain is kept: `tests/unwind_compare.rs`.)
 //!
 //! **Memory**: each cache is ~50 KiB (framehop preallocates DWARF evaluation space), built on
 //! first use, at most [`CACHE_SLOTS`]; each object a few hundred bytes. Allocated through the
 //! global allocator (framehop's containers), measured and held out of the program's counters
 //! like the DWARF reader's (`counters::hold_for_profiler`).
 
-use super::{stack_containing, Comparison, Stack, MAX_FRAMES};
 use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{
@@ -54,7 +58,39 @@ use std::os::raw::c_int;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
 
+/// What the walk needs of the rest of stack capture, handed in (this module imports nothing of
+/// its parent's).
+#[derive(Clone, Copy)]
+pub(super) struct Host {
+    /// The top of the calling thread's own stack, if the stack pointer given lies in it and its
+    /// bounds are known (`[sp, top)` then is mapped and readable while the thread runs on it).
+    pub(super) own_stack_top: fn(usize) -> Option<usize>,
+    /// libgcc's unwinder, writing return addresses innermost first; returns how many.
+    pub(super) libgcc: fn(&mut [usize]) -> usize,
+}
+
+/// How the caching unwinder compares with libgcc's at one stack: test support, not API.
+#[derive(Debug)]
+pub enum Comparison {
+    /// Both unwound; the chains agree over this many frames.
+    Agree(usize),
+    /// Both unwound and disagree.
+    Disagree {
+        /// The cached walk.
+        cached: Vec<usize>,
+        /// libgcc's.
+        libgcc: Vec<usize>,
+    },
+    /// The caching unwinder gave the stack to libgcc (a stack of unknown bounds, a frame it
+    /// cannot walk, a lock busy, or it is not built), or its walk ended at an address in no
+    /// loaded object (where libgcc may fault: not compared).
+    NotWalked,
+}
+
 type Cache = CacheX86_64<MustNotAllocateDuringUnwind>;
+
+/// The deepest chain compared with libgcc's (`stack::MAX_FRAMES`).
+const MAX_FRAMES: usize = 64;
 type FramehopUnwinder = UnwinderX86_64<LoadedBytes, MustNotAllocateDuringUnwind>;
 
 /// Caches, each used by one walk at a time: two threads sampling at once both walk cached.
@@ -121,8 +157,8 @@ static DISAGREEMENTS: AtomicU64 = AtomicU64::new(0);
 /// convention of libgcc's unwinder); `None` when the stack must go to libgcc: no
 /// `_dl_find_object`, a stack of unknown bounds, a lock busy, or a frame the cache cannot walk.
 #[inline(never)]
-pub(super) fn unwind(frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
-    let (depth, end) = walk_cached(frames)?;
+pub(super) fn unwind(frames: &mut [usize], host: Host) -> Option<usize> {
+    let (depth, end) = walk_cached(frames, host)?;
     if end == End::OutsideObjects {
         // libgcc would read the code at that address (looking for a signal trampoline) and
         // may fault: the walk's frames up to there are kept unconfirmed.
@@ -134,28 +170,29 @@ pub(super) fn unwind(frames: &mut [usize; MAX_FRAMES]) -> Option<usize> {
         return Some(depth);
     }
     let mut checked = [0usize; MAX_FRAMES];
-    let checked_depth = super::unwind(&mut checked);
-    if chains_agree(&frames[..depth], &checked[..checked_depth]) {
+    let checked = &mut checked[..frames.len().min(MAX_FRAMES)];
+    let checked_depth = (host.libgcc)(checked);
+    if chains_agree(&frames[..depth], &checked[..checked_depth], frames.len()) {
         slot.store(hash, Ordering::Relaxed);
         Some(depth)
     } else {
         DISAGREEMENTS.fetch_add(1, Ordering::Relaxed);
-        *frames = checked;
+        frames[..checked.len()].copy_from_slice(checked);
         Some(checked_depth)
     }
 }
 
 /// Unwinds here with both unwinders, bypassing the confirmed chains: for tests.
 #[inline(never)]
-pub(crate) fn compare_here() -> Comparison {
+pub(super) fn compare_here(host: Host) -> Comparison {
     let mut walked = [0usize; MAX_FRAMES];
-    let Some((depth, End::Complete)) = walk_cached(&mut walked) else {
+    let Some((depth, End::Complete)) = walk_cached(&mut walked, host) else {
         return Comparison::NotWalked;
     };
     let mut checked = [0usize; MAX_FRAMES];
-    let checked_depth = super::unwind(&mut checked);
+    let checked_depth = (host.libgcc)(&mut checked);
     let (walked, checked) = (&walked[..depth], &checked[..checked_depth]);
-    match aligned(walked, checked) {
+    match aligned(walked, checked, MAX_FRAMES) {
         Some(common) => Comparison::Agree(common),
         None => Comparison::Disagree {
             cached: walked.to_vec(),
@@ -165,14 +202,14 @@ pub(crate) fn compare_here() -> Comparison {
 }
 
 /// Chains where the two unwinders disagreed since start (libgcc's was kept).
-pub(crate) fn disagreements() -> u64 {
+pub(super) fn disagreements() -> u64 {
     DISAGREEMENTS.load(Ordering::Relaxed)
 }
 
 /// Whether a cached walk and libgcc's unwind of the same stack (started from different places
 /// in the same function) give the same chain. See [`aligned`].
-fn chains_agree(walked: &[usize], checked: &[usize]) -> bool {
-    aligned(walked, checked).is_some()
+fn chains_agree(walked: &[usize], checked: &[usize], max_frames: usize) -> bool {
+    aligned(walked, checked, max_frames).is_some()
 }
 
 /// Innermost frames of either chain that may precede the first frame they share: the
@@ -181,9 +218,9 @@ const INNER_SLACK: usize = 4;
 
 /// If the chains agree, the number of frames compared. They are aligned on the first return
 /// address of `walked` found in `checked` (within [`INNER_SLACK`] frames of both starts); from
-/// there they must be equal, and of equal length unless one was cut at [`MAX_FRAMES`].
-/// libgcc ends a complete chain with a null frame, which is not compared.
-fn aligned(walked: &[usize], checked: &[usize]) -> Option<usize> {
+/// there they must be equal, and of equal length unless one was cut at `max_frames`. libgcc
+/// ends a complete chain with a null frame, which is not compared.
+fn aligned(walked: &[usize], checked: &[usize], max_frames: usize) -> Option<usize> {
     let checked = match checked.iter().rposition(|&ip| ip != 0) {
         Some(last) => &checked[..=last],
         None => return None,
@@ -199,7 +236,7 @@ fn aligned(walked: &[usize], checked: &[usize]) -> Option<usize> {
             })?;
     let (walked, checked) = (&walked[from_walked..], &checked[from_checked..]);
     let common = walked.len().min(checked.len());
-    let cut = |chain: &[usize], from: usize| chain.len() + from >= MAX_FRAMES;
+    let cut = |chain: &[usize], from: usize| chain.len() + from >= max_frames;
     let same_end = walked.len() == checked.len()
         || (walked.len() < checked.len() && cut(walked, from_walked))
         || (checked.len() < walked.len() && cut(checked, from_checked));
@@ -217,7 +254,7 @@ fn chain_hash(chain: &[usize]) -> u64 {
 }
 
 /// The cached walk: takes a cache and the module list, adding objects met on the way.
-fn walk_cached(frames: &mut [usize; MAX_FRAMES]) -> Option<(usize, End)> {
+fn walk_cached(frames: &mut [usize], host: Host) -> Option<(usize, End)> {
     let find = dl_find_object()?;
     let unwinding: &Unwinding = &UNWINDING;
     for slot in &unwinding.caches {
@@ -232,16 +269,17 @@ fn walk_cached(frames: &mut [usize; MAX_FRAMES]) -> Option<(usize, End)> {
             *cache = Some(built);
         }
         let cache = cache.as_mut()?;
-        return walk_adding_objects(frames, &unwinding.modules, cache, find);
+        return walk_adding_objects(frames, &unwinding.modules, cache, find, host);
     }
     None
 }
 
 fn walk_adding_objects(
-    frames: &mut [usize; MAX_FRAMES],
+    frames: &mut [usize],
     modules: &RwLock<Option<Modules>>,
     cache: &mut Cache,
     find: DlFindObject,
+    host: Host,
 ) -> Option<(usize, End)> {
     for _ in 0..OBJECTS_ADDED_PER_SAMPLE {
         let walked = {
@@ -251,7 +289,7 @@ fn walk_adding_objects(
                 Err(TryLockError::WouldBlock) => return None,
             };
             match modules.as_ref() {
-                Some(modules) => walk(frames, modules, cache, find),
+                Some(modules) => walk(frames, modules, cache, find, host),
                 None => Walked::NeedObject(None),
             }
         };
@@ -300,7 +338,7 @@ enum Walked {
 /// Where a finished walk ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
-    /// At the stack's end (as its unwind tables say), or at [`MAX_FRAMES`].
+    /// At the stack's end (as its unwind tables say), or where `frames` was full.
     Complete,
     /// At a return address in no loaded object (not kept): a corrupt stack, or code without
     /// an object (JIT). libgcc is not asked to confirm such a chain.
@@ -311,10 +349,11 @@ enum End {
 /// start with the one into this function's caller.
 #[inline(never)]
 fn walk(
-    frames: &mut [usize; MAX_FRAMES],
+    frames: &mut [usize],
     modules: &Modules,
     cache: &mut Cache,
     find: DlFindObject,
+    host: Host,
 ) -> Walked {
     let (pc, sp, bp): (u64, u64, u64);
     // SAFETY: reads the instruction pointer (of the next instruction, in this function), the
@@ -331,7 +370,7 @@ fn walk(
             options(nomem, nostack, preserves_flags),
         );
     }
-    let Some(Stack::Own { top }) = stack_containing(sp as usize) else {
+    let Some(top) = (host.own_stack_top)(sp as usize) else {
         return Walked::GiveUp;
     };
     let (low, high) = (sp, top as u64);
@@ -343,14 +382,14 @@ fn walk(
             return Err(());
         }
         // SAFETY: `[address, address + 8)` is aligned and lies within `[sp, top)` of the stack
-        // this thread runs on, mapped and readable while it does (see `stack_containing`).
+        // this thread runs on, mapped and readable while it does (`Host::own_stack_top`).
         Ok(unsafe { (address as *const u64).read() })
     };
     let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
     let mut address = FrameAddress::from_instruction_pointer(pc);
     let mut validated = 0..0;
     let mut depth = 0;
-    while depth < MAX_FRAMES {
+    while depth < frames.len() {
         let lookup = address.address_for_lookup();
         if !validated.contains(&lookup) {
             match modules.validate(lookup, find) {
@@ -622,9 +661,42 @@ impl FoundObject {
 mod tests {
     use super::*;
 
+    /// The thread's stack from glibc (`pthread_getattr_np`), and libgcc through `backtrace`.
+    const TEST_HOST: Host = Host {
+        own_stack_top: |sp| {
+            // SAFETY: `attributes` is initialised by `pthread_getattr_np` before it is read and
+            // destroyed after.
+            unsafe {
+                let mut attributes: libc::pthread_attr_t = std::mem::zeroed();
+                if libc::pthread_getattr_np(libc::pthread_self(), &mut attributes) != 0 {
+                    return None;
+                }
+                let mut base: *mut libc::c_void = std::ptr::null_mut();
+                let mut size: libc::size_t = 0;
+                let ok = libc::pthread_attr_getstack(&attributes, &mut base, &mut size) == 0;
+                libc::pthread_attr_destroy(&mut attributes);
+                let (low, high) = (base as usize, base as usize + size);
+                (ok && low <= sp && sp < high).then_some(high)
+            }
+        },
+        libgcc: |frames| {
+            let mut depth = 0;
+            backtrace::trace(|frame| {
+                if depth >= frames.len() {
+                    return false;
+                }
+                frames[depth] = frame.ip() as usize;
+                depth += 1;
+                true
+            });
+            depth
+        },
+    };
+
     #[test]
     fn chains_align_on_their_first_shared_frame() {
         // Different own frames (1, 2 against 7), then the same chain; libgcc's null end.
+        let aligned = |walked: &[usize], checked: &[usize]| aligned(walked, checked, MAX_FRAMES);
         assert_eq!(aligned(&[1, 2, 10, 11, 12], &[7, 10, 11, 12, 0]), Some(3));
         // A frame the cached walk skipped.
         assert_eq!(aligned(&[1, 10, 12], &[7, 10, 11, 12, 0]), None);
@@ -653,7 +725,7 @@ mod tests {
         #[inline(never)]
         fn nested(depth: u32) -> Comparison {
             if depth == 0 {
-                compare_here()
+                compare_here(TEST_HOST)
             } else {
                 std::hint::black_box(nested(depth - 1))
             }
