@@ -200,7 +200,8 @@ mod cached;
     target_arch = "x86_64"
 )))]
 mod cached {
-    /// As the caching unwinder's.
+    /// As the caching unwinder's; nothing reads it here.
+    #[allow(dead_code)]
     #[derive(Clone, Copy)]
     pub(super) struct Host {
         pub(super) own_stack_top: fn(usize) -> Option<usize>,
