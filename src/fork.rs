@@ -15,7 +15,8 @@
 //! nests them: the leak checks' rate lock, the plumbing list, the metrics renderer (it reads the
 //! published state and the table), the watch's saved SIGUSR1 action, the published state
 //! (`published`), the symbolizer, heapwatch's walks of the loader's list (`dl_iterate_phdr`, whose
-//! own lock glibc does not reset in a child), and the live-sample table last (code holding any
+//! own lock glibc does not reset in a child), the caching unwinder's object list and caches
+//! (held while a sampled stack is walked), and the live-sample table last (code holding any
 //! of the others may allocate, and so take the table; nothing holding the table takes another).
 //! A forking thread therefore waits only for holders to finish, and holders never wait for it.
 //!
@@ -87,6 +88,9 @@ pub(crate) enum Rank {
     Symbolizer,
     /// heapwatch's walks of the loader's list (`dl_iterate_phdr`).
     Loader,
+    /// The caching unwinder's object list and caches (`stack::cached`), held while a sampled
+    /// stack is walked, before the table is taken.
+    Unwinder,
     /// The live-sample table: innermost, any of the others may allocate while held.
     Table,
 }
@@ -101,6 +105,7 @@ impl Rank {
         Rank::Published,
         Rank::Symbolizer,
         Rank::Loader,
+        Rank::Unwinder,
         Rank::Table,
     ];
 
@@ -109,7 +114,7 @@ impl Rank {
     }
 }
 
-const RANKS: usize = 8;
+const RANKS: usize = 9;
 
 /// What the fork handlers do with one module's locks. A `static` of the module's, named by its
 /// [`HeldAcrossFork`] locks.
@@ -515,6 +520,7 @@ mod tests {
                 Rank::Published,
                 Rank::Symbolizer,
                 Rank::Loader,
+                Rank::Unwinder,
                 Rank::Table,
             ]
         );

@@ -97,6 +97,10 @@ pub use profile::{
 };
 pub use sampler::{sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES};
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
+#[doc(hidden)]
+pub use stack::{
+    __compare_unwinders, __unwinder_disagreements, Comparison as __UnwinderComparison,
+};
 pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};
 pub use symbolize::{
     set_source_lines, symbolize_with_binary, symbolize_with_binary_within, warm_symbol_cache,

@@ -9,6 +9,12 @@
 //! register). The page lies above the frame, below the top of the thread's stack (or, in the
 //! forked child, above it), where a walk bounded only by the thread's stack top would read it.
 //!
+//! A second attack: a frame whose return-address slot holds the address of an unreadable page.
+//! The caching unwinder checks every return address against the loaded objects before it looks
+//! anything up, and ends its walk there; the frame-pointer walk never reads code. libgcc's
+//! unwinder reads the code at such an address (looking for a signal trampoline) and faults, so
+//! neither it nor Auto (which verifies with it) is attacked that way.
+//!
 //! Where stacks are captured, they must also be right: the allocating function is named.
 
 #![cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
@@ -24,9 +30,10 @@ static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::
 
 /// Set in a child process to the capture mode it attacks (`Auto`, `Unwinder`, `FramePointers`).
 const MODE_ENV: &str = "HEAPWATCH_HOSTILE_STACK_MODE";
-const MODES: [StackCapture; 3] = [
+const MODES: [StackCapture; 4] = [
     StackCapture::Auto,
     StackCapture::Unwinder,
+    StackCapture::SystemUnwinder,
     StackCapture::FramePointers,
 ];
 
@@ -53,7 +60,37 @@ std::arch::global_asm!(
     ".size hostile_call_with_frame_pointer, . - hostile_call_with_frame_pointer",
 );
 
+// `hostile_call_with_return_address(return_address, function, argument)`: calls
+// `function(argument)` while its own return-address slot holds `return_address` (restored
+// before it returns), as a stack overwritten by a bug may hold. Its unwind information is
+// exact, so every unwinder reads that slot and must stop there without following it.
+std::arch::global_asm!(
+    ".globl hostile_call_with_return_address",
+    ".type hostile_call_with_return_address, @function",
+    "hostile_call_with_return_address:",
+    ".cfi_startproc",
+    "push rbp",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset rbp, 0",
+    "mov rbp, [rsp + 8]",
+    "mov [rsp + 8], rdi",
+    "mov rdi, rdx",
+    "call rsi",
+    "mov [rsp + 8], rbp",
+    "pop rbp",
+    ".cfi_adjust_cfa_offset -8",
+    ".cfi_restore rbp",
+    "ret",
+    ".cfi_endproc",
+    ".size hostile_call_with_return_address, . - hostile_call_with_return_address",
+);
+
 extern "C" {
+    fn hostile_call_with_return_address(
+        return_address: usize,
+        function: extern "C" fn(*mut c_void),
+        argument: *mut c_void,
+    );
     fn hostile_call_with_frame_pointer(
         frame_pointer: usize,
         function: extern "C" fn(*mut c_void),
@@ -212,6 +249,43 @@ fn child_forked_by_a_thread_that_is_not_main() {
     child_passed("child_forked_by_a_thread_that_is_not_main", mode);
 }
 
+#[test]
+fn return_address_slot_pointing_at_an_unreadable_page() {
+    let Some(mode) = child_mode() else {
+        // Not libgcc's unwinder (nor Auto, which verifies with it): with no unwind table for
+        // the planted address, it reads the code there, looking for a signal trampoline, and
+        // faults. The caching unwinder ends its walk there; the frame-pointer walk never reads
+        // code.
+        return in_child_processes_for(
+            "return_address_slot_pointing_at_an_unreadable_page",
+            &[StackCapture::Unwinder, StackCapture::FramePointers],
+        );
+    };
+    let frame_pointers = build_keeps_frame_pointers();
+    heapwatch::set_stack_capture(mode);
+    heapwatch::set_sample_rate(1);
+    run_on_placed_thread(|memory| {
+        for _ in 0..4 {
+            // SAFETY: the assembly above restores the slot and rbp before returning and keeps
+            // the stack aligned; the callee is an `extern "C" fn(*mut c_void)` that ignores its
+            // argument.
+            unsafe {
+                hostile_call_with_return_address(
+                    memory.poison_below_thread_stack,
+                    allocate_under_hostile_frame_pointer,
+                    std::ptr::null_mut(),
+                )
+            }
+        }
+    });
+    // Every unwinder stops at the planted address (not code: nothing to unwind there); the
+    // frames inside it are right. The frame-pointer walk names them only in a build with frame
+    // pointers.
+    assert_named(mode, frame_pointers || mode != StackCapture::FramePointers);
+    assert_auto_settles(mode, frame_pointers);
+    child_passed("return_address_slot_pointing_at_an_unreadable_page", mode);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Child processes.
 
@@ -224,7 +298,12 @@ fn child_mode() -> Option<StackCapture> {
 /// Runs the test `test` again in a child process per capture mode; each must exit 0 after
 /// saying it ran (a fault kills the child: the test fails, the runner lives).
 fn in_child_processes(test: &str) {
-    for mode in MODES {
+    in_child_processes_for(test, &MODES);
+}
+
+/// [`in_child_processes`] for some modes only.
+fn in_child_processes_for(test: &str, modes: &[StackCapture]) {
+    for &mode in modes {
         let output = Command::new(std::env::current_exe().expect("the test binary"))
             .args([test, "--exact", "--nocapture", "--test-threads=1"])
             .env(MODE_ENV, format!("{mode:?}"))
