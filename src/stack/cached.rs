@@ -34,11 +34,13 @@
 //!
 //! **Trust.** framehop unwinds a frame it cannot interpret (no FDE, a signal frame's CFA
 //! expression) by the frame-pointer chain, which in a build without frame pointers gives a
-//! plausible but wrong caller. So a chain is used only once libgcc produced the same chain:
-//! a chain walked for the first time (by its hash, in a table of [`VERIFIED_SLOTS`]) is unwound
-//! by libgcc as well, and kept only if the two agree; if not, libgcc's is used, and the chain
-//! is checked again the next time. A service's allocation sites repeat, so after warm-up nearly
-//! every sample is a cached walk and a table probe. Not confirmed: a chain that ends at a return
+//! plausible but wrong caller. So a frame is trusted only once libgcc unwound it the same way:
+//! a chain with a return address not confirmed yet (in a table of [`CONFIRMED_SLOTS`]) is
+//! unwound by libgcc as well; if the two agree, every return address in it is confirmed, if
+//! not, libgcc's chain is used and nothing is. The rule at a return address is a property of
+//! the code there, so a frame confirmed in one chain unwinds the same way in every other. A
+//! service's allocation paths repeat, so after warm-up nearly every sample is a cached walk and
+//! a probe per frame. Not confirmed: a chain that ends at a return
 //! address in no loaded object (libgcc may fault there), kept up to that frame. (On a signal
 //! frame the raw walk does disagree, and libgcc's chain is kept: `tests/unwind_compare.rs`.)
 //!
@@ -144,11 +146,28 @@ static FORK_HOOKS: Hooks = Hooks {
     in_child: None,
 };
 
-/// Chains that libgcc confirmed, by hash; 0 is an empty slot. 4096 × 8 bytes, static: enough
-/// for the distinct allocation sites of a large service; a site whose slot another took is
-/// confirmed again (one libgcc unwind).
-pub(super) const VERIFIED_SLOTS: usize = 4096;
-static VERIFIED: [AtomicU64; VERIFIED_SLOTS] = [const { AtomicU64::new(0) }; VERIFIED_SLOTS];
+/// Return addresses whose frames the cached walk has unwound as libgcc does, direct-mapped by
+/// address; 0 is an empty slot. 8192 × 8 bytes, static. Per address, not per chain: the rule
+/// framehop applies at a return address is a property of the code there, so once a chain
+/// through it agreed with libgcc, every chain through it unwinds that frame the same way;
+/// and a service has far fewer distinct return addresses on its allocation paths than distinct
+/// chains. An address whose slot another took is confirmed again (one libgcc unwind).
+pub(super) const CONFIRMED_SLOTS: usize = 8192;
+static CONFIRMED: [AtomicUsize; CONFIRMED_SLOTS] = [const { AtomicUsize::new(0) }; CONFIRMED_SLOTS];
+
+fn confirmed_slot(return_address: usize) -> &'static AtomicUsize {
+    // Fibonacci hashing: return addresses cluster, their low bits alone would collide.
+    let slot = (return_address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 51;
+    &CONFIRMED[slot as usize % CONFIRMED_SLOTS]
+}
+
+/// Whether every frame of `chain` was unwound as libgcc does before.
+fn chain_confirmed(chain: &[usize]) -> bool {
+    !chain.is_empty()
+        && chain
+            .iter()
+            .all(|&ra| ra != 0 && confirmed_slot(ra).load(Ordering::Relaxed) == ra)
+}
 
 /// Chains where the cached walk and libgcc disagreed (libgcc's was used).
 static DISAGREEMENTS: AtomicU64 = AtomicU64::new(0);
@@ -164,16 +183,18 @@ pub(super) fn unwind(frames: &mut [usize], host: Host) -> Option<usize> {
         // may fault: the walk's frames up to there are kept unconfirmed.
         return Some(depth);
     }
-    let hash = chain_hash(&frames[..depth]);
-    let slot = &VERIFIED[hash as usize % VERIFIED_SLOTS];
-    if slot.load(Ordering::Relaxed) == hash {
+    if chain_confirmed(&frames[..depth]) {
         return Some(depth);
     }
     let mut checked = [0usize; MAX_FRAMES];
     let checked = &mut checked[..frames.len().min(MAX_FRAMES)];
     let checked_depth = (host.libgcc)(checked);
     if chains_agree(&frames[..depth], &checked[..checked_depth], frames.len()) {
-        slot.store(hash, Ordering::Relaxed);
+        // The frames before the first shared one are the two unwinders' own, reached the same
+        // way at every sample: the walk got past them correctly, so they are confirmed too.
+        for &ra in &frames[..depth] {
+            confirmed_slot(ra).store(ra, Ordering::Relaxed);
+        }
         Some(depth)
     } else {
         DISAGREEMENTS.fetch_add(1, Ordering::Relaxed);
@@ -241,16 +262,6 @@ fn aligned(walked: &[usize], checked: &[usize], max_frames: usize) -> Option<usi
         || (walked.len() < checked.len() && cut(walked, from_walked))
         || (checked.len() < walked.len() && cut(checked, from_checked));
     (common > 0 && same_end && walked[..common] == checked[..common]).then_some(common)
-}
-
-/// FxHash-style mix of the chain; never 0 (the empty slot).
-fn chain_hash(chain: &[usize]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut hash = chain.len() as u64;
-    for &ra in chain {
-        hash = (hash.rotate_left(5) ^ ra as u64).wrapping_mul(K);
-    }
-    hash | 1
 }
 
 /// The cached walk: takes a cache and the module list, adding objects met on the way.
@@ -715,9 +726,21 @@ mod tests {
     }
 
     #[test]
-    fn hashes_are_never_the_empty_slot() {
-        assert_ne!(chain_hash(&[]), 0);
-        assert_ne!(chain_hash(&[1, 2, 3]), chain_hash(&[1, 3, 2]));
+    fn a_chain_is_confirmed_only_when_every_frame_is() {
+        let chain = [0x7a00_0010, 0x7a00_0abc, 0x7a01_0000];
+        assert!(!chain_confirmed(&chain));
+        assert!(!chain_confirmed(&[]), "an empty walk is never trusted");
+        for &ra in &chain[..2] {
+            confirmed_slot(ra).store(ra, Ordering::Relaxed);
+        }
+        assert!(!chain_confirmed(&chain), "one frame not confirmed yet");
+        confirmed_slot(chain[2]).store(chain[2], Ordering::Relaxed);
+        assert!(chain_confirmed(&chain));
+        assert!(
+            chain_confirmed(&chain[1..]),
+            "any chain through confirmed frames"
+        );
+        assert!(!chain_confirmed(&[chain[0], 0]), "a null frame never is");
     }
 
     #[test]
