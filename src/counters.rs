@@ -25,9 +25,14 @@ pub(crate) struct CounterBlock {
     next: AtomicPtr<CounterBlock>,
 }
 
+/// The boundary sampled blocks are promoted to (see [`filter`](crate::filter), which owns the
+/// question "was this pointer sampled?" and re-exports it): defined here, below the filter,
+/// because the free gate tests it.
+pub(crate) const PROMOTED_ALIGN: usize = 4096;
+
 /// The free gate's open value: a free whose address has none of these bits set (a promoted
 /// boundary) is not counted on the fast path.
-const GATE_OPEN: usize = crate::filter::PROMOTED_ALIGN - 1;
+const GATE_OPEN: usize = PROMOTED_ALIGN - 1;
 /// Closed: no address passes (user-space addresses never have the top bit set, so neither
 /// value lets one through); `GATE_NEW` is a fresh block's, which only its creator may open.
 const GATE_CLOSED: usize = 0;

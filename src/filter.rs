@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The boundary promoted samples are allocated at: a page, as jemalloc's own profiling promotes
 /// its sampled small objects. A block at such a boundary may have been sampled; one elsewhere
-/// was not (while [`UNALIGNED_SAMPLES`] is zero).
-pub(crate) const PROMOTED_ALIGN: usize = 4096;
+/// was not (while [`UNALIGNED_SAMPLES`] is zero). Defined with the free gate that tests it.
+pub(crate) use crate::counters::PROMOTED_ALIGN;
 
 /// Live samples not at a [`PROMOTED_ALIGN`] boundary. Changed only under the table lock, read
 /// by every free: a line written only when such a sample comes or goes, so it stays shared in
