@@ -42,6 +42,9 @@ struct ThreadState {
     rng: Cell<u64>,
     /// The sampler configuration generation this thread last applied.
     generation: Cell<u64>,
+    /// Bytes and blocks that heapwatch itself holds through the global allocator and that this
+    /// thread's block counted (see [`hold_for_profiler`]): taken out of [`thread_net`].
+    held_for_profiler: Cell<(i64, i64)>,
 }
 
 thread_local! {
@@ -55,6 +58,7 @@ thread_local! {
             exited: Cell::new(false),
             rng: Cell::new(1),
             generation: Cell::new(0),
+            held_for_profiler: Cell::new((0, 0)),
         }
     };
     /// Only its destructor matters: it hands the counter block back when the thread exits.
@@ -398,15 +402,41 @@ pub(crate) fn thread_net_bytes() -> Option<i64> {
     thread_net().map(|(bytes, _)| bytes)
 }
 
-/// Bytes and blocks the calling thread allocated minus those it freed; `None` before its first
-/// allocation or after its exit.
+/// Bytes and blocks the calling thread allocated minus those it freed, less what heapwatch
+/// holds of them for itself (the unwinder's and the DWARF reader's heap, when this thread built
+/// it); `None` before its first allocation or after its exit.
 pub(crate) fn thread_net() -> Option<(i64, i64)> {
     STATE
         .try_with(|state| {
-            own_block(state.block.get()).map(|block| (block.net_bytes(), block.net_objects()))
+            let held = state.held_for_profiler.get();
+            own_block(state.block.get()).map(|block| {
+                (
+                    block.net_bytes().wrapping_sub(held.0),
+                    block.net_objects().wrapping_sub(held.1),
+                )
+            })
         })
         .ok()
         .flatten()
+}
+
+/// Records `bytes` and `objects` (negative: given back) that heapwatch holds through the global
+/// allocator, measured on the calling thread: out of the process's counters
+/// ([`counters::hold_for_profiler`]) and out of this thread's own figure ([`thread_net`]), which
+/// a leak check reads, so the profiler's first sample on a checked thread is not a leak.
+#[cfg_attr(
+    not(any(feature = "dwarf", feature = "cached-unwinder")),
+    allow(dead_code)
+)] // only the DWARF reader and the caching unwinder hold heap
+pub(crate) fn hold_for_profiler(bytes: i64, objects: i64) {
+    counters::hold_for_profiler(bytes, objects);
+    let _ = STATE.try_with(|state| {
+        let (held_bytes, held_objects) = state.held_for_profiler.get();
+        state.held_for_profiler.set((
+            held_bytes.wrapping_add(bytes),
+            held_objects.wrapping_add(objects),
+        ));
+    });
 }
 
 /// Serialises the unit tests that touch process-wide allocator state: counter blocks (which

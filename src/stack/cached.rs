@@ -47,7 +47,7 @@
 //! **Memory**: each cache is ~50 KiB (framehop preallocates DWARF evaluation space), built on
 //! first use, at most [`CACHE_SLOTS`]; each object a few hundred bytes. Allocated through the
 //! global allocator (framehop's containers), measured and held out of the program's counters
-//! like the DWARF reader's (`counters::hold_for_profiler`).
+//! like the DWARF reader's (`thread_state::hold_for_profiler`).
 
 use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -276,7 +276,7 @@ fn walk_cached(frames: &mut [usize], host: Host) -> Option<(usize, End)> {
         };
         if cache.is_none() {
             let (built, grown) = measured(Cache::new_in);
-            crate::counters::hold_for_profiler(grown.0, grown.1);
+            crate::thread_state::hold_for_profiler(grown.0, grown.1);
             *cache = Some(built);
         }
         let cache = cache.as_mut()?;
@@ -319,7 +319,7 @@ fn walk_adding_objects(
                         modules.add(found);
                     }
                 });
-                crate::counters::hold_for_profiler(grown.0, grown.1);
+                crate::thread_state::hold_for_profiler(grown.0, grown.1);
             }
         }
     }

@@ -66,7 +66,7 @@ pub(crate) struct Loaded {
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        crate::counters::hold_for_profiler(-self.held.0, -self.held.1);
+        crate::thread_state::hold_for_profiler(-self.held.0, -self.held.1);
     }
 }
 
@@ -205,7 +205,7 @@ impl Loaded {
     fn hold(&mut self, grown: (i64, i64)) {
         self.held.0 += grown.0;
         self.held.1 += grown.1;
-        crate::counters::hold_for_profiler(grown.0, grown.1);
+        crate::thread_state::hold_for_profiler(grown.0, grown.1);
     }
 
     /// Has the reader parse the unit holding `file_address` (its lines and functions), keeping
