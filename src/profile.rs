@@ -159,7 +159,9 @@ pub struct Line {
     /// Demangled, fully qualified function name, without the hash suffix
     /// (`orders::sessions::retain_blob`, `<F as axum::handler::Handler<T,S>>::call::{{closure}}`).
     pub function: String,
-    /// The symbol's raw (mangled) name where one is known, else empty: pprof's `system_name`.
+    /// The symbol's raw (mangled) name where one is known, or, for a closure named from line
+    /// tables, rustc's path of it (`orders::hold_sessions::{closure#0}`); else empty: pprof's
+    /// `system_name`.
     pub system_name: String,
     /// Source file, when DWARF line info was used.
     pub file: Option<String>,

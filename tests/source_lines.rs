@@ -28,7 +28,10 @@ fn dwarf_gives_file_and_line_by_default() {
     let with_lines = heapwatch::snapshot();
     let dwarf_cost = heapwatch::profiler_stats().symbol_cache_bytes;
 
-    // The closure that allocates is inlined into the function, and named after it.
+    // The closure that allocates is named after the function it is written in, even where that
+    // function leaves no frame: it may tail-call `from_iter` (a `jmp`, as this build does), so no
+    // return address into it is on the stack, and only the closure's type, among the generic
+    // arguments of the adapters it is inlined into, names it.
     let line = with_lines
         .locations
         .iter()

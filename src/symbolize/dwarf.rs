@@ -33,7 +33,8 @@ type Slice = gimli::EndianSlice<'static, gimli::RunTimeEndian>;
 pub(crate) struct RawFrame {
     /// Fully qualified, demangled, without hash or generic arguments.
     pub name: String,
-    /// The mangled linkage name, when the DWARF has one.
+    /// The mangled linkage name, when the DWARF has one; for a closure placed by
+    /// `qualify::closure_path`, its rustc path (`orders::hold_sessions::{closure#0}`).
     pub system_name: Option<String>,
     pub file: Option<String>,
     pub line: u32,
@@ -233,6 +234,7 @@ impl Loaded {
         let Ok(mut frames) = self.context.find_frames(file_address).skip_all_loads() else {
             return out;
         };
+        let mut raw_names = Vec::new();
         while let Ok(Some(frame)) = frames.next() {
             let Some(function) = frame.function.as_ref() else {
                 continue;
@@ -248,12 +250,38 @@ impl Loaded {
             let mangled = super::elf::demangle_rust(&raw).is_some();
             out.push(RawFrame {
                 name,
-                system_name: mangled.then(|| raw.into_owned()),
+                system_name: mangled.then(|| raw.to_string()),
                 file,
                 line,
             });
+            raw_names.push(raw.into_owned());
         }
+        self.place_closures(&mut out, &raw_names);
         out
+    }
+
+    /// Names each closure of an inlined chain after the function it is written in, from the
+    /// generic arguments of the frames it is inlined into; its rustc name becomes its
+    /// `system_name`.
+    fn place_closures(&self, frames: &mut [RawFrame], raw_names: &[String]) {
+        for (at, frame) in frames.iter_mut().enumerate() {
+            if frame.system_name.is_some() || !frame.name.ends_with("::{{closure}}") {
+                continue;
+            }
+            let Some(module) = frame
+                .file
+                .as_deref()
+                .and_then(|file| qualify::module_path(file, &self.roots))
+            else {
+                continue;
+            };
+            let outer = raw_names[at + 1..].iter().map(String::as_str);
+            if let Some((name, rustc_name)) = qualify::closure_path(&raw_names[at], &module, outer)
+            {
+                frame.name = name;
+                frame.system_name = Some(rustc_name);
+            }
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! Its code's source file is known, though, and rustc names every compilation unit after its
 //! crate (`src/main.rs/@/orders.1a2b3c-cgu.0`). So the crate is the one whose source root holds
 //! the file, and the module path is the file's path below that root: `src/sessions.rs` of crate
-//! `orders` is `orders::sessions`. Modules declared inline (`mod x { … }`) and the function
-//! that encloses a closure cannot be recovered this way; `debug = "limited"` names them exactly.
+//! `orders` is `orders::sessions`. Modules declared inline (`mod x { … }`) cannot be recovered
+//! this way; `debug = "limited"` names them exactly. A closure's enclosing function is read off
+//! the generic arguments of the frames it is inlined into ([`closure_path`]).
 
 /// The source root of a crate compiled into the binary: `dir` holds its root file `root_file`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,65 @@ fn normalize_bare(raw: &str) -> String {
         _ => raw,
     };
     without_generics.to_owned()
+}
+
+/// The rustc path of a closure or async body from its bare DWARF name (`raw`, as
+/// `{closure#0}`), found in the DWARF names of the frames it is inlined into (`outer`, innermost
+/// first). With line tables only, the closure's own name holds no path, but the generic
+/// functions that call it (iterator adapters, `poll` of a future) hold its type among their
+/// generic arguments: `map_fold::{closure#0}<i32, …, orders::hold_sessions::{closure_env#0}, …>`.
+/// Returns `(display name, rustc name)`, e.g. `("orders::hold_sessions::{{closure}}",
+/// "orders::hold_sessions::{closure#0}")`. The type must lie in `module` (the module of the
+/// closure's file) and carry the closure's kind and index; `None` when no outer frame names it,
+/// or the nearest that does names two such types.
+pub(crate) fn closure_path<'a>(
+    raw: &str,
+    module: &str,
+    outer: impl IntoIterator<Item = &'a str>,
+) -> Option<(String, String)> {
+    let (kind, index) = raw.strip_prefix('{')?.split_once('}')?.0.split_once('#')?;
+    if kind.is_empty() || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let needle = format!("::{{{kind}_env#{index}}}");
+    let in_module = |path: &str| {
+        path.strip_prefix(module)
+            .is_some_and(|rest| rest.starts_with("::") && rest.len() > 2)
+    };
+    for name in outer {
+        let mut found: Option<&str> = None;
+        for (at, _) in name.match_indices(&needle) {
+            let start = name[..at]
+                .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | ':' | '{' | '}' | '#')))
+                .map_or(0, |before| before + 1);
+            let path = &name[start..at];
+            if !in_module(path) {
+                continue;
+            }
+            match found {
+                Some(other) if other != path => return None,
+                _ => found = Some(path),
+            }
+        }
+        if let Some(path) = found {
+            let mut display = String::new();
+            for segment in path.split("::") {
+                // An impl block reads `{impl#3}`: inlined methods read `crate::module::method`.
+                if segment.starts_with("{impl#") {
+                    continue;
+                }
+                if !display.is_empty() {
+                    display.push_str("::");
+                }
+                display.push_str(&normalize_bare(segment));
+            }
+            return Some((
+                format!("{display}::{{{{closure}}}}"),
+                format!("{path}::{{{kind}#{index}}}"),
+            ));
+        }
+    }
+    None
 }
 
 /// `crate::module::path` of a source file: from the crate roots of the binary first, then from
@@ -162,8 +222,9 @@ fn join(crate_name: &str, modules: &[&str]) -> String {
     path
 }
 
-/// With line tables only, a closure or async body reads `crate::module::{{closure}}`: its DWARF
-/// name is bare and the function it belongs to is not recorded. But a closure is nearly always
+/// With line tables only, a closure or async body that [`closure_path`] could not place reads
+/// `crate::module::{{closure}}`: its DWARF name is bare and the function it belongs to is not
+/// recorded. But a closure is nearly always
 /// run from its own function, through std's adapters (`iter().map(…).collect()`): so, going out
 /// from the closure, the first frame outside the standard library whose code is in the same
 /// source file is taken as its parent, and the closure is named after it
@@ -238,6 +299,82 @@ mod tests {
         assert_eq!(root.crate_name, "orders_svc");
         assert_eq!(crate_root("crt1.c", "/build"), None);
         assert_eq!(crate_root("../sysdeps/x86_64/start.S", "/b"), None);
+    }
+
+    #[test]
+    fn closures_are_placed_by_the_generic_arguments_of_their_callers() {
+        let adapter = "{closure#0}<i32, alloc::vec::Vec<u8, alloc::alloc::Global>, (), \
+            source_lines::allocate_on_a_known_line::{closure_env#0}, core::iter::traits::\
+            iterator::Iterator::for_each::call::{closure_env#0}<alloc::vec::Vec<u8>>>";
+        let fold = "fold<core::ops::range::Range<i32>, source_lines::allocate_on_a_known_line::\
+            {closure_env#0}>";
+        assert_eq!(
+            closure_path("{closure#0}", "source_lines", [adapter, fold]),
+            Some((
+                "source_lines::allocate_on_a_known_line::{{closure}}".to_owned(),
+                "source_lines::allocate_on_a_known_line::{closure#0}".to_owned()
+            ))
+        );
+        // The index and the kind must match, and the type must be of the closure's module.
+        assert_eq!(closure_path("{closure#1}", "source_lines", [adapter]), None);
+        assert_eq!(
+            closure_path("{async_fn#0}", "source_lines", [adapter]),
+            None
+        );
+        assert_eq!(closure_path("{closure#0}", "orders", [adapter, fold]), None);
+        assert_eq!(closure_path("{closure#0}", "source", [adapter]), None);
+        // Async bodies, closures in closures and in impl blocks.
+        assert_eq!(
+            closure_path(
+                "{async_fn#0}",
+                "orders::handlers",
+                ["poll<orders::handlers::{impl#2}::create::{async_fn_env#0}>"]
+            )
+            .map(|(display, _)| display),
+            Some("orders::handlers::create::{{closure}}".to_owned())
+        );
+        assert_eq!(
+            closure_path(
+                "{closure#1}",
+                "orders",
+                ["call_once<orders::main::{closure#0}::{closure_env#1}, ()>"]
+            ),
+            Some((
+                "orders::main::{{closure}}::{{closure}}".to_owned(),
+                "orders::main::{closure#0}::{closure#1}".to_owned()
+            ))
+        );
+        // Two candidates in the nearest frame that names any: not guessed.
+        assert_eq!(
+            closure_path(
+                "{closure#0}",
+                "orders",
+                [
+                    "zip<orders::a::{closure_env#0}, orders::b::{closure_env#0}>",
+                    fold
+                ]
+            ),
+            None
+        );
+        // Hostile names: never a panic.
+        for raw in [
+            "{",
+            "{#}",
+            "{closure#}",
+            "{closure#x}",
+            "}{",
+            "{closure#0",
+            "{é#0}",
+        ] {
+            assert_eq!(
+                closure_path(raw, "orders", [adapter, "::{closure_env#0}"]),
+                None
+            );
+        }
+        assert_eq!(
+            closure_path("{closure#0}", "orders", ["orders::{closure_env#0}"]),
+            None
+        );
     }
 
     #[test]
