@@ -54,7 +54,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match thread_state::record_alloc(layout.size()) {
-            Decision::Skip => {
+            decision @ (Decision::Skip | Decision::LogSite) => {
+                if matches!(decision, Decision::LogSite) {
+                    crate::measure::log_site(layout.size());
+                }
                 // SAFETY: the caller upholds `alloc`'s contract for `layout`; passed on unchanged.
                 let ptr = unsafe { self.inner.alloc(layout) };
                 if ptr.is_null() {
@@ -72,7 +75,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match thread_state::record_alloc(layout.size()) {
-            Decision::Skip => {
+            decision @ (Decision::Skip | Decision::LogSite) => {
+                if matches!(decision, Decision::LogSite) {
+                    crate::measure::log_site(layout.size());
+                }
                 // SAFETY: as for `alloc`.
                 let ptr = unsafe { self.inner.alloc_zeroed(layout) };
                 if ptr.is_null() {
@@ -100,6 +106,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        thread_state::record_realloc();
         // Forget an unpromoted sample before the block moves or is freed, as `dealloc` does.
         let removed = if filter::may_be_sampled(ptr as usize) {
             match table::remove_unless_promoted(ptr as usize) {
@@ -125,6 +132,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
             }
             Decision::Sample { rate_bytes } => Some(rate_bytes),
             Decision::Skip => None,
+            Decision::LogSite => {
+                crate::measure::log_site(new_size);
+                None
+            }
         };
         // SAFETY: the caller upholds `realloc`'s contract; arguments are passed on unchanged
         // (the block is not promoted: checked above).
@@ -333,6 +344,9 @@ fn sample(ptr: *mut u8, size: usize, rate_bytes: u64, promoted: bool) -> bool {
     crate::fork::ensure_handlers();
     let mut frames = [0usize; stack::MAX_FRAMES];
     let depth = stack::capture(&mut frames);
+    if crate::measure::logging() {
+        crate::measure::log_captured(size, &frames[..depth]);
+    }
     let sample = table::NewSample {
         size: size as u64,
         rate_bytes,

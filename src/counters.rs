@@ -16,6 +16,8 @@ pub(crate) struct CounterBlock {
     allocated_objects: AtomicU64,
     freed_bytes: AtomicU64,
     freed_objects: AtomicU64,
+    /// `realloc` calls (each also counted as one free and one allocation).
+    reallocs: AtomicU64,
     /// The free gate (see [`CounterBlock::gate_passes`]): [`GATE_OPEN`] while every live
     /// sample is at a promoted boundary, a closed value otherwise. Written by whoever opens or
     /// closes the gates (under the table's lock) and by the block's creator; read by the owner
@@ -24,6 +26,9 @@ pub(crate) struct CounterBlock {
     in_use: AtomicBool,
     next: AtomicPtr<CounterBlock>,
 }
+
+// One cache line: a thread's counting touches no other.
+const _: () = assert!(std::mem::size_of::<CounterBlock>() == 64);
 
 /// The boundary sampled blocks are promoted to (see [`filter`](crate::filter), which owns the
 /// question "was this pointer sampled?" and re-exports it): defined here, below the filter,
@@ -57,6 +62,7 @@ impl CounterBlock {
             allocated_objects: AtomicU64::new(0),
             freed_bytes: AtomicU64::new(0),
             freed_objects: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
             gate: AtomicUsize::new(GATE_NEW),
             in_use: AtomicBool::new(false),
             next: AtomicPtr::new(std::ptr::null_mut()),
@@ -101,6 +107,23 @@ impl CounterBlock {
         bump_owned(&self.freed_objects, 1);
     }
 
+    /// Records a `realloc` (its free and allocation are recorded as such). Owner only.
+    #[inline(always)]
+    pub(crate) fn add_realloc(&self) {
+        bump_owned(&self.reallocs, 1);
+    }
+
+    /// Everything this block counted. Exact when read by the owner.
+    pub(crate) fn totals(&self) -> BlockTotals {
+        BlockTotals {
+            allocated_bytes: self.allocated_bytes.load(Ordering::Relaxed),
+            allocated_objects: self.allocated_objects.load(Ordering::Relaxed),
+            freed_bytes: self.freed_bytes.load(Ordering::Relaxed),
+            freed_objects: self.freed_objects.load(Ordering::Relaxed),
+            reallocs: self.reallocs.load(Ordering::Relaxed),
+        }
+    }
+
     /// Whether a thread holds this block, for tests.
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> bool {
@@ -118,6 +141,16 @@ impl CounterBlock {
         drop_owned(&self.allocated_bytes, bytes as u64);
         drop_owned(&self.allocated_objects, 1);
     }
+}
+
+/// One block's running totals, read at once (see [`CounterBlock::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BlockTotals {
+    pub allocated_bytes: u64,
+    pub allocated_objects: u64,
+    pub freed_bytes: u64,
+    pub freed_objects: u64,
+    pub reallocs: u64,
 }
 
 /// Load-add-store by the single writer: no lock prefix, no shared-line ping-pong.

@@ -57,6 +57,8 @@
 #![warn(missing_docs)]
 
 mod alloc;
+#[cfg(feature = "criterion")]
+pub mod bench;
 mod counters;
 pub mod decode;
 pub mod detect;
@@ -70,6 +72,7 @@ mod internal_alloc;
 #[cfg(feature = "jemalloc")]
 mod jemalloc_stats;
 pub mod leak_check;
+pub mod measure;
 mod memory;
 pub mod metrics_export;
 mod plumbing;
@@ -90,6 +93,10 @@ pub use filter::__unaligned_live_samples;
 pub use internal_alloc::profiler_bytes;
 #[cfg(feature = "jemalloc")]
 pub use jemalloc_stats::{jemalloc_stats, JemallocStats};
+pub use measure::{
+    assert_within, check_allocations, measure, AllocationScope, AllocationSite, Allocations,
+    Budget, OverBudget,
+};
 pub use plumbing::{plumbing, set_plumbing, Plumbing};
 pub use profile::{
     FunctionGrowth, FunctionTotal, Line, Location, Mapping, Profile, Sample, SampleType,

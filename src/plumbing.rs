@@ -27,6 +27,7 @@ const MACHINERY_PREFIXES: &[&str] = &[
     "heapwatch::early_wake::",
     "heapwatch::stack::",
     "heapwatch::table::",
+    "heapwatch::measure::site_log::",
     "backtrace::",
     "<backtrace::",
     "_Unwind_",

@@ -353,6 +353,82 @@ impl Profile {
         growth
     }
 
+    /// What was allocated between `earlier` and this profile, two snapshots of one process: the
+    /// `alloc_*` figures of each stack minus its figures in `earlier` (Go's delta profile, as
+    /// `/debug/pprof/allocs?seconds=N` serves it), and the `inuse_*` figures as of this profile.
+    /// Stacks are matched by their code addresses; those with nothing allocated and nothing
+    /// live are left out. The result shows `alloc_space` first.
+    ///
+    /// ```
+    /// use heapwatch::{Line, Location, Profile, Sample, SampleType};
+    /// let at = |values: [i64; 4]| Profile {
+    ///     locations: vec![Location { address: 0x1000, lines: vec![Line { function: "parse".into(), ..Line::default() }], ..Location::default() }],
+    ///     samples: vec![Sample { locations: vec![0], values }],
+    ///     ..Profile::default()
+    /// };
+    /// let delta = at([30, 3000, 2, 200]).allocated_since(&at([10, 1000, 5, 500]));
+    /// assert_eq!(delta.samples[0].values, [20, 2000, 2, 200]);
+    /// assert_eq!(delta.default_sample_type, Some(SampleType::AllocSpace));
+    /// ```
+    pub fn allocated_since(&self, earlier: &Profile) -> Profile {
+        fn key(profile: &Profile, sample: &Sample) -> Vec<u64> {
+            sample
+                .locations
+                .iter()
+                .map(|&l| profile.locations.get(l).map_or(0, |loc| loc.address))
+                .collect()
+        }
+        let mut before: std::collections::HashMap<Vec<u64>, [i64; 2]> = Default::default();
+        for sample in &earlier.samples {
+            let entry = before.entry(key(earlier, sample)).or_default();
+            entry[0] = entry[0].saturating_add(sample.values[0]);
+            entry[1] = entry[1].saturating_add(sample.values[1]);
+        }
+        // Stacks that differ only in machinery cut from their leaves share a key: merged, so
+        // that the earlier figures are taken off once.
+        let mut merged: Vec<Sample> = Vec::with_capacity(self.samples.len());
+        let mut index: std::collections::HashMap<Vec<u64>, usize> = Default::default();
+        for sample in &self.samples {
+            let key = key(self, sample);
+            match index.get(&key) {
+                Some(&at) => {
+                    let into = &mut merged[at].values;
+                    for (total, value) in into.iter_mut().zip(sample.values) {
+                        *total = total.saturating_add(value);
+                    }
+                }
+                None => {
+                    index.insert(key, merged.len());
+                    merged.push(sample.clone());
+                }
+            }
+        }
+        for (key, &at) in &index {
+            if let Some(earlier) = before.get(key) {
+                let values = &mut merged[at].values;
+                values[0] = values[0].saturating_sub(earlier[0]).max(0);
+                values[1] = values[1].saturating_sub(earlier[1]).max(0);
+            }
+        }
+        merged.retain(|sample| sample.values.iter().any(|&v| v != 0));
+        Profile {
+            samples: merged,
+            default_sample_type: Some(SampleType::AllocSpace),
+            ..self.clone_without_samples()
+        }
+    }
+
+    fn clone_without_samples(&self) -> Profile {
+        Profile {
+            time_nanos: self.time_nanos,
+            sample_rate_bytes: self.sample_rate_bytes,
+            samples: Vec::new(),
+            locations: self.locations.clone(),
+            mappings: self.mappings.clone(),
+            default_sample_type: self.default_sample_type,
+        }
+    }
+
     /// Flat and cumulative totals per function; `flat` goes to the frame `flat_at` picks from
     /// each stack's function ids (innermost first).
     fn totals(

@@ -5,7 +5,7 @@
 
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
-use crate::table::{self, RawStackTotals};
+use crate::table::{self, RawSnapshot, RawStackTotals};
 use crate::thread_state::ProfilerGuard;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,7 +49,21 @@ fn snapshot_of(scope: table::Scope) -> Profile {
     let Some(raw) = table::raw_snapshot(scope) else {
         return profile;
     };
+    name_stacks(&mut profile, raw);
+    profile
+}
 
+/// A profile of stacks recorded outside the table (a budget check's call sites), named as a
+/// snapshot's are.
+pub(crate) fn profile_of_stacks(raw: RawSnapshot) -> Profile {
+    let _guard = ProfilerGuard::enter();
+    let mut profile = Profile::default();
+    name_stacks(&mut profile, raw);
+    profile
+}
+
+/// Names the addresses of `raw` and adds its stacks to `profile` as samples.
+fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
     let addresses = symbolize::code_addresses(&raw.frames);
     let (modules, named) = symbolize::symbolize(&addresses);
 
@@ -113,7 +127,6 @@ fn snapshot_of(scope: table::Scope) -> Profile {
         });
     }
     #[cfg(feature = "dwarf")]
-    symbolize::closures_after_callers(&mut profile);
-    symbolize::leaves::trim_leaves(&mut profile);
-    profile
+    symbolize::closures_after_callers(profile);
+    symbolize::leaves::trim_leaves(profile);
 }

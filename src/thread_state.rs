@@ -45,6 +45,16 @@ struct ThreadState {
     /// Bytes and blocks that heapwatch itself holds through the global allocator and that this
     /// thread's block counted (see [`hold_for_profiler`]): taken out of [`thread_net`].
     held_for_profiler: Cell<(i64, i64)>,
+    /// Measuring scopes open on this thread ([`open_scope`]). While any is, every allocation
+    /// takes the slow path (the countdown is held at 0), which keeps `peak_net`.
+    scopes: Cell<u32>,
+    /// While scopes are open: the sampling countdown, moved out of `bytes_until_sample`.
+    sampling_left: Cell<i64>,
+    /// While scopes are open: the highest [`thread_net`] bytes reached.
+    peak_net: Cell<i64>,
+    /// While set (a scope that names its call sites is open), allocations not sampled are
+    /// [`Decision::LogSite`].
+    log_sites: Cell<bool>,
 }
 
 thread_local! {
@@ -59,6 +69,10 @@ thread_local! {
             rng: Cell::new(1),
             generation: Cell::new(0),
             held_for_profiler: Cell::new((0, 0)),
+            scopes: Cell::new(0),
+            sampling_left: Cell::new(0),
+            peak_net: Cell::new(0),
+            log_sites: Cell::new(false),
         }
     };
     /// Only its destructor matters: it hands the counter block back when the thread exits.
@@ -73,6 +87,7 @@ impl Drop for ExitHook {
             // Before the block goes: a positive countdown promises one (see `record_alloc`).
             state.bytes_until_sample.set(0);
             state.deferred.set(0);
+            state.sampling_left.set(0);
             if let Some(block) = own_block(state.block.replace(&counters::NO_BLOCK)) {
                 checkpoint(state, block);
                 counters::release_block(block);
@@ -89,6 +104,9 @@ pub(crate) enum Decision {
     Sample {
         rate_bytes: u64,
     },
+    /// Not sampled, but a scope on this thread logs the call site of every allocation
+    /// ([`log_sites`]).
+    LogSite,
 }
 
 /// Counts an allocation and runs the sampling countdown. Returns a sampling decision only when
@@ -200,10 +218,23 @@ fn record_alloc_slow(size: usize) -> Decision {
             return Decision::Skip;
         };
         block.add_alloc(size);
-        checkpoint(state, block);
-
         // Already charged with this allocation by the fast path.
         let mut left = state.bytes_until_sample.get();
+        if state.scopes.get() > 0 {
+            let net = net_of(state, block).0;
+            if net > state.peak_net.get() {
+                state.peak_net.set(net);
+            }
+            // Every allocation comes here: report to the early wake only as often as the fast
+            // path would (a shared atomic per allocation is what the counters avoid).
+            if net.wrapping_sub(state.checkpointed_net.get()).abs() >= CHECKPOINT_BYTES {
+                checkpoint(state, block);
+            }
+            left = state.sampling_left.get().wrapping_sub(size as i64);
+            state.bytes_until_sample.set(0);
+        } else {
+            checkpoint(state, block);
+        }
         let generation = sampler::generation();
         if state.generation.get() != generation {
             // First allocation, or the rate or seed changed: start a fresh interval.
@@ -217,16 +248,20 @@ fn record_alloc_slow(size: usize) -> Decision {
         // The countdown ran out, but the interval may go on beyond this chunk: continuing it
         // (rather than drawing anew) keeps the intervals exactly exponential.
         let left = left.wrapping_add(state.deferred.replace(0));
+        let not_sampled = || match state.log_sites.get() && !state.in_profiler.get() {
+            true => Decision::LogSite,
+            false => Decision::Skip,
+        };
         if left > 0 {
             count_down(state, left);
-            return Decision::Skip;
+            return not_sampled();
         }
         let rate_bytes = sampler::sample_rate();
         let mut rng = state.rng.get();
         count_down(state, sampler::draw_interval(&mut rng, rate_bytes));
         state.rng.set(rng);
         if rate_bytes == 0 || state.in_profiler.get() {
-            return Decision::Skip;
+            return not_sampled();
         }
         Decision::Sample { rate_bytes }
     });
@@ -237,9 +272,15 @@ fn record_alloc_slow(size: usize) -> Decision {
 }
 
 /// Arms the countdown for an interval of `bytes`, in chunks of at most [`CHECKPOINT_BYTES`].
+/// While a scope is open the chunk waits aside and the fast path stays closed.
 fn count_down(state: &ThreadState, bytes: i64) {
     let chunk = bytes.min(CHECKPOINT_BYTES);
-    state.bytes_until_sample.set(chunk);
+    if state.scopes.get() > 0 {
+        state.sampling_left.set(chunk);
+        state.bytes_until_sample.set(0);
+    } else {
+        state.bytes_until_sample.set(chunk);
+    }
     state.deferred.set(bytes - chunk);
 }
 
@@ -338,6 +379,7 @@ fn restart_interval(state: &ThreadState, generation: u64, rate_bytes: u64) {
         count_down(state, interval);
     } else {
         state.bytes_until_sample.set(0);
+        state.sampling_left.set(0);
         state.deferred.set(0);
     }
 }
@@ -407,17 +449,128 @@ pub(crate) fn thread_net_bytes() -> Option<i64> {
 /// it); `None` before its first allocation or after its exit.
 pub(crate) fn thread_net() -> Option<(i64, i64)> {
     STATE
+        .try_with(|state| own_block(state.block.get()).map(|block| net_of(state, block)))
+        .ok()
+        .flatten()
+}
+
+fn net_of(state: &ThreadState, block: &CounterBlock) -> (i64, i64) {
+    let held = state.held_for_profiler.get();
+    (
+        block.net_bytes().wrapping_sub(held.0),
+        block.net_objects().wrapping_sub(held.1),
+    )
+}
+
+/// Counts a `realloc` on the calling thread (its free and allocation are counted as such).
+#[inline]
+pub(crate) fn record_realloc() {
+    let _ = STATE.try_with(|state| {
+        if let Some(block) = own_block(state.block.get()) {
+            block.add_realloc();
+        }
+    });
+}
+
+/// The calling thread's exact figures at one moment, for measuring scopes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ThreadFigures {
+    /// The counter block's totals.
+    pub totals: counters::BlockTotals,
+    /// What heapwatch holds for itself of them (bytes, blocks).
+    pub held_for_profiler: (i64, i64),
+    /// The highest net bytes (allocated − freed − held) reached while scopes were open.
+    pub peak_net: i64,
+}
+
+impl ThreadFigures {
+    /// Net bytes: allocated − freed − held for the profiler.
+    pub(crate) fn net_bytes(&self) -> i64 {
+        (self
+            .totals
+            .allocated_bytes
+            .wrapping_sub(self.totals.freed_bytes) as i64)
+            .wrapping_sub(self.held_for_profiler.0)
+    }
+}
+
+/// Where a measuring scope began, for [`close_scope`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScopeStart {
+    pub figures: ThreadFigures,
+    /// The enclosing scope's peak so far, restored (raised by this scope's) at close.
+    outer_peak: i64,
+}
+
+/// Opens a measuring scope on the calling thread: from now until [`close_scope`], every
+/// allocation takes the slow path, which tracks the peak of the thread's net bytes. `None`
+/// when the thread can have no counter block (its exit hook ran, or the C heap is exhausted).
+pub(crate) fn open_scope() -> Option<ScopeStart> {
+    STATE
         .try_with(|state| {
-            let held = state.held_for_profiler.get();
-            own_block(state.block.get()).map(|block| {
-                (
-                    block.net_bytes().wrapping_sub(held.0),
-                    block.net_objects().wrapping_sub(held.1),
-                )
+            let block = block_for(state)?;
+            let net = net_of(state, block).0;
+            let outer_peak = state.peak_net.replace(net);
+            if state.scopes.get() == 0 {
+                // The countdown moves aside; with 0 left, every allocation is slow.
+                state.sampling_left.set(state.bytes_until_sample.replace(0));
+            }
+            state.scopes.set(state.scopes.get() + 1);
+            Some(ScopeStart {
+                figures: figures_of(state, block),
+                outer_peak,
             })
         })
         .ok()
         .flatten()
+}
+
+/// The calling thread's figures now (the peak is kept only while a scope is open).
+pub(crate) fn figures() -> ThreadFigures {
+    STATE
+        .try_with(|state| {
+            own_block(state.block.get())
+                .map_or_else(ThreadFigures::default, |block| figures_of(state, block))
+        })
+        .unwrap_or_default()
+}
+
+fn figures_of(state: &ThreadState, block: &CounterBlock) -> ThreadFigures {
+    ThreadFigures {
+        totals: block.totals(),
+        held_for_profiler: state.held_for_profiler.get(),
+        peak_net: state.peak_net.get(),
+    }
+}
+
+/// Closes a scope [`open_scope`] opened: the last one open gives the countdown back to the
+/// fast path. Scopes close innermost first; one closed out of order leaves its enclosing
+/// scope's peak possibly low, nothing worse.
+pub(crate) fn close_scope(start: &ScopeStart) {
+    let _ = STATE.try_with(|state| {
+        let open = state.scopes.get().saturating_sub(1);
+        state.scopes.set(open);
+        let peak = state.peak_net.get().max(start.outer_peak);
+        state.peak_net.set(peak);
+        if open == 0 {
+            // Back to the fast path, keeping the invariant (positive only with a block).
+            let left = state.sampling_left.replace(0);
+            if own_block(state.block.get()).is_some() {
+                state.bytes_until_sample.set(left);
+            }
+            if let Some(block) = own_block(state.block.get()) {
+                checkpoint(state, block);
+            }
+        }
+    });
+}
+
+/// Turns on (or off) [`Decision::LogSite`] for the calling thread's allocations while a scope
+/// is open; returns the previous setting.
+pub(crate) fn log_sites(on: bool) -> bool {
+    STATE
+        .try_with(|state| state.log_sites.replace(on))
+        .unwrap_or(false)
 }
 
 /// Records `bytes` and `objects` (negative: given back) that heapwatch holds through the global
