@@ -49,59 +49,54 @@ pub struct BytesAllocated;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlocksAllocated;
 
-impl Measurement for BytesAllocated {
-    type Intermediate = u64;
-    type Value = u64;
+/// The criterion measurement of one allocation total of the benchmark's thread: `$index` into
+/// `measure::allocated_so_far`'s (bytes, blocks), shown in `$units`.
+macro_rules! allocated_per_iteration {
+    ($measurement:ty, $index:tt, $units:expr) => {
+        impl Measurement for $measurement {
+            type Intermediate = u64;
+            type Value = u64;
 
-    fn start(&self) -> u64 {
-        crate::measure::allocated_so_far().0
-    }
-    fn end(&self, start: u64) -> u64 {
-        crate::measure::allocated_so_far().0.wrapping_sub(start)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a.wrapping_add(*b)
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, value: &u64) -> f64 {
-        *value as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &Units {
-            unit: "B",
-            scaled: &[(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")],
+            fn start(&self) -> u64 {
+                crate::measure::allocated_so_far().$index
+            }
+            fn end(&self, start: u64) -> u64 {
+                crate::measure::allocated_so_far()
+                    .$index
+                    .wrapping_sub(start)
+            }
+            fn add(&self, a: &u64, b: &u64) -> u64 {
+                a.wrapping_add(*b)
+            }
+            fn zero(&self) -> u64 {
+                0
+            }
+            fn to_f64(&self, value: &u64) -> f64 {
+                *value as f64
+            }
+            fn formatter(&self) -> &dyn ValueFormatter {
+                &$units
+            }
         }
-    }
+    };
 }
 
-impl Measurement for BlocksAllocated {
-    type Intermediate = u64;
-    type Value = u64;
-
-    fn start(&self) -> u64 {
-        crate::measure::allocated_so_far().1
+allocated_per_iteration!(
+    BytesAllocated,
+    0,
+    Units {
+        unit: "B",
+        scaled: &[(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")],
     }
-    fn end(&self, start: u64) -> u64 {
-        crate::measure::allocated_so_far().1.wrapping_sub(start)
+);
+allocated_per_iteration!(
+    BlocksAllocated,
+    1,
+    Units {
+        unit: "allocs",
+        scaled: &[(1_000_000, "M allocs"), (1_000, "k allocs")],
     }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a.wrapping_add(*b)
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, value: &u64) -> f64 {
-        *value as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &Units {
-            unit: "allocs",
-            scaled: &[(1_000_000, "M allocs"), (1_000, "k allocs")],
-        }
-    }
-}
+);
 
 /// Units for a count per iteration, scaled by the typical value.
 struct Units {
@@ -198,13 +193,40 @@ impl HeapProfiler {
     fn write(profile: &Profile, id: &str, benchmark_dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(benchmark_dir)?;
         let (pprof, svg) = Self::files(benchmark_dir);
-        encode::write_pprof(
-            profile,
-            std::io::BufWriter::new(std::fs::File::create(&pprof)?),
-        )?;
+        replace_file(&pprof, |file| encode::write_pprof(profile, file))?;
         let title = format!("{id}: bytes allocated while profiled");
-        let svg_file = std::io::BufWriter::new(std::fs::File::create(&svg)?);
-        encode::write_flamegraph(profile, SampleType::AllocSpace, &title, svg_file)
+        replace_file(&svg, |file| {
+            encode::write_flamegraph(profile, SampleType::AllocSpace, &title, file)
+        })
+    }
+}
+
+/// Writes `path` whole or not at all, replacing the file of an earlier run: written under a
+/// new temporary name (`O_EXCL|O_NOFOLLOW`: nothing planted there is followed or reused), then
+/// renamed over `path` (which replaces a symlink planted at `path`, never its target).
+fn replace_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("heap");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp); // a leftover of a run that died (never followed)
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let mut writer = std::io::BufWriter::new(file);
+    let written = write(&mut writer).and_then(|()| writer.flush());
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(error)
+        }
     }
 }
 

@@ -49,6 +49,14 @@
 //! allocation machinery is cut from the leaf end of each stack, and where one culprit is named
 //! the [`Plumbing`] libraries are passed over.
 //!
+//! ## In tests and benchmarks
+//!
+//! [`measure`] gives the exact allocation figures of a closure on the calling thread (blocks,
+//! bytes, reallocs, frees, peak, held); [`assert_allocations!`] holds a closure to a budget and
+//! names the functions that allocated; [`leak_check`] fails a test whose heap keeps growing.
+//! With the feature `criterion`, `heapwatch::bench` has criterion measurements of bytes and
+//! blocks per iteration and a heap profiler for `cargo bench -- --profile-time`.
+//!
 //! ## Outputs
 //!
 //! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),

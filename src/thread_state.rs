@@ -222,7 +222,9 @@ fn record_alloc_slow(size: usize) -> Decision {
         let mut left = state.bytes_until_sample.get();
         if state.scopes.get() > 0 {
             let net = net_of(state, block).0;
-            if net > state.peak_net.get() {
+            // What heapwatch allocates for itself (an unwinder's caches, built inside a
+            // sample) is held out of the thread's figures only once built: never a peak.
+            if net > state.peak_net.get() && !state.in_profiler.get() {
                 state.peak_net.set(net);
             }
             // Every allocation comes here: report to the early wake only as often as the fast
@@ -558,9 +560,8 @@ pub(crate) fn close_scope(start: &ScopeStart) {
             if own_block(state.block.get()).is_some() {
                 state.bytes_until_sample.set(left);
             }
-            if let Some(block) = own_block(state.block.get()) {
-                checkpoint(state, block);
-            }
+            // Allocation in the scope reported itself only every CHECKPOINT_BYTES of drift;
+            // the fast path's next checkpoint reports the rest.
         }
     });
 }
@@ -743,6 +744,79 @@ mod tests {
                 "the profiler's own allocations are never sampled"
             );
             assert!(decide(false), "the guard's drop let sampling resume");
+        });
+    }
+
+    #[test]
+    fn a_scope_sends_every_allocation_to_the_slow_path_and_keeps_the_sampling_interval() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            let block = claim_block();
+            with_stable_generation(|generation| {
+                with_state(|state| arm(state, generation, 10_000, 0));
+                let start = open_scope().expect("a block");
+                let net = block.net_bytes();
+                for _ in 0..3 {
+                    assert!(matches!(record_alloc(100), Decision::Skip));
+                    // Held at 0: the next allocation takes the slow path too.
+                    assert_eq!(with_state(|s| s.bytes_until_sample.get()), 0);
+                }
+                assert_eq!(with_state(|s| s.sampling_left.get()), 10_000 - 300);
+                record_free(300);
+                assert!(matches!(record_alloc(50), Decision::Skip));
+                let figures = figures();
+                assert_eq!(figures.peak_net - start.figures.net_bytes(), 300);
+                assert_eq!(
+                    figures.totals.allocated_objects - start.figures.totals.allocated_objects,
+                    4
+                );
+                assert_eq!(block.net_bytes(), net + 50);
+                close_scope(&start);
+                // The interval goes on where it was, on the fast path again.
+                assert_eq!(with_state(|s| s.bytes_until_sample.get()), 10_000 - 350);
+                assert!(matches!(record_alloc(100), Decision::Skip));
+                assert_eq!(with_state(|s| s.bytes_until_sample.get()), 10_000 - 450);
+            });
+        });
+    }
+
+    #[test]
+    fn inside_a_scope_sampling_points_still_sample_and_logging_asks_for_the_site() {
+        let _serial = serial_test_guard();
+        on_fresh_thread(|| {
+            claim_block();
+            with_stable_generation(|generation| {
+                with_state(|state| arm(state, generation, 150, 0));
+                let start = open_scope().expect("a block");
+                assert!(matches!(record_alloc(100), Decision::Skip));
+                assert!(matches!(record_alloc(100), Decision::Sample { .. }));
+                assert_eq!(
+                    with_state(|s| s.bytes_until_sample.get()),
+                    0,
+                    "a new interval waits aside while the scope is open"
+                );
+                assert!(!log_sites(true));
+                assert!(matches!(record_alloc(10), Decision::LogSite));
+                {
+                    let _inside = ProfilerGuard::enter().expect("entry");
+                    assert!(
+                        matches!(record_alloc(10), Decision::Skip),
+                        "heapwatch's own allocations are not logged"
+                    );
+                }
+                assert!(log_sites(false));
+                assert!(matches!(record_alloc(10), Decision::Skip));
+
+                // Nested: the inner scope's peak is its own; the outer one keeps the higher.
+                let inner = open_scope().expect("a block");
+                assert!(matches!(record_alloc(1000), Decision::Skip));
+                record_free(1000);
+                assert_eq!(figures().peak_net - inner.figures.net_bytes(), 1000);
+                close_scope(&inner);
+                assert_eq!(figures().peak_net - start.figures.net_bytes(), 230 + 1000);
+                close_scope(&start);
+                assert!(with_state(|s| s.bytes_until_sample.get()) > 0);
+            });
         });
     }
 

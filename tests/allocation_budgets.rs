@@ -155,4 +155,23 @@ fn a_budget_passes_within_and_names_the_allocating_function_when_exceeded() {
     assert!(panic.contains("bytes (at most 8)"), "{panic}");
     assert!(panic.contains("split_words"), "{panic}");
     println!("{panic}");
+
+    // A closure that panics inside a check leaves no scope or log behind: the next figures
+    // and the next budget are the thread's own again.
+    let unwound = std::panic::catch_unwind(|| {
+        heapwatch::assert_allocations!(max_blocks = 100, || -> Vec<String> {
+            let _kept = split_words("allocated before the panic");
+            panic!("the closure under test fails")
+        })
+    });
+    assert!(unwound.is_err());
+    let (_, after) = heapwatch::measure(|| split_words("two words"));
+    assert_eq!(after.blocks, 3 + after.reallocs, "{after}");
+    let (_, over) = heapwatch::check_allocations(heapwatch::Budget::none(), || vec![0u8; 32]);
+    let over = over.expect_err("one block");
+    assert_eq!(
+        over.sites.iter().map(|site| site.blocks).sum::<u64>(),
+        1,
+        "{over}"
+    );
 }
