@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Time per measured iteration of the five workloads of tests/counts_agree.rs under heapwatch,
+# dhat and stats_alloc, each the sole global allocator of its own process, beside the same
+# workloads under plain System; prints one Markdown table.
+#
+#   scripts/count_peers.sh            # 3 repetitions
+#   REPEATS=5 scripts/count_peers.sh
+#
+# Each example times every function in 11 rounds of measured and bare iterations and prints
+# the medians (examples/count_peers/timing.rs). The four processes run one at a time, never
+# side by side (they would share the cores they are timed on), and the whole set is repeated
+# REPEATS times in rotation so that a disturbance from elsewhere on the machine lands on
+# different tools in different repetitions; each cell is the median over the repetitions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+repeats="${REPEATS:-3}"
+tools=(system heapwatch dhat stats_alloc)
+
+cargo build --release --quiet \
+    --example count_peers_system --example count_peers_heapwatch \
+    --example count_peers_dhat --example count_peers_stats_alloc
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+examples="$target_dir/release/examples"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for ((rep = 0; rep < repeats; rep++)); do
+    for ((i = 0; i < ${#tools[@]}; i++)); do
+        # Rotate the order each repetition.
+        tool=${tools[$(((i + rep) % ${#tools[@]}))]}
+        echo "repetition $((rep + 1))/$repeats: $tool" >&2
+        "$examples/count_peers_$tool" | grep '^ROW' >>"$out/rows"
+    done
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+# Medians over the repetitions: tool, function, measured ns, bare ns.
+awk -F'\t' '{ print $2 "\t" $3 "\tm\t" $6; print $2 "\t" $3 "\tb\t" $7 }' "$out/rows" |
+    sort -t$'\t' -k1,1 -k2,2 -k3,3 -k4,4g |
+    awk -F'\t' '
+        function flush() {
+            if (n) print key "\t" v[int((n + 1) / 2)]
+            n = 0
+        }
+        { k = $1 "\t" $2 "\t" $3; if (k != key) { flush(); key = k }; v[++n] = $4 }
+        END { flush() }' >"$out/medians"
+
+# The table: rows in the order heapwatch printed them; blocks and bytes as heapwatch counted
+# them, checked against dhat's (blocks, bytes) and stats_alloc's (blocks) in their own processes.
+awk -F'\t' -v medians="$out/medians" '
+    function ns(x) { return x >= 100 ? sprintf("%.0f", x) : sprintf("%.1f", x) }
+    function cell(tool, f) {
+        if (!((tool, f, "m") in med)) return "—"
+        if (tool == "system") return ns(med[tool, f, "b"])
+        return ns(med[tool, f, "m"]) " (" ns(med[tool, f, "b"]) ")"
+    }
+    BEGIN { while ((getline line < medians) > 0) { split(line, p, "\t"); med[p[1], p[2], p[3]] = p[4] } }
+    $2 == "heapwatch" && !($3 in seen) { seen[$3] = 1; order[++count] = $3 }
+    { blocks[$2, $3] = $4; bytes[$2, $3] = $5 }
+    END {
+        print "| function | blocks | bytes | heapwatch ns | dhat ns | stats_alloc ns | bare ns |"
+        print "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for (i = 1; i <= count; i++) {
+            f = order[i]
+            print "| " f " | " blocks["heapwatch", f] " | " bytes["heapwatch", f] " | " \
+                cell("heapwatch", f) " | " cell("dhat", f) " | " cell("stats_alloc", f) " | " \
+                cell("system", f) " |"
+            if (("dhat", f) in blocks && (blocks["dhat", f] != blocks["heapwatch", f] || bytes["dhat", f] != bytes["heapwatch", f]))
+                disagree = disagree "\n" f ": dhat counted " blocks["dhat", f] " blocks, " bytes["dhat", f] " bytes"
+            if (("stats_alloc", f) in blocks && blocks["stats_alloc", f] != blocks["heapwatch", f])
+                disagree = disagree "\n" f ": stats_alloc counted " blocks["stats_alloc", f] " blocks"
+        }
+        print ""
+        print "Median ns per iteration; in parentheses the same call bare under the same allocator"
+        print "(dhat: with its profiler running). bare ns: plain System, no counter. blocks counts a"
+        print "realloc as a block (stats_alloc: allocations + reallocations); bytes as requested."
+        if (disagree != "") { print "\nCOUNTS DISAGREE between the processes:" disagree; exit 1 }
+    }' "$out/rows"
