@@ -6,23 +6,29 @@
 #   scripts/count_peers.sh            # 3 repetitions
 #   REPEATS=5 scripts/count_peers.sh
 #
-# Each example times every function in 11 rounds of measured and bare iterations and prints
-# the medians (examples/count_peers/timing.rs). The four processes run one at a time, never
-# side by side (they would share the cores they are timed on), and the whole set is repeated
-# REPEATS times in rotation so that a disturbance from elsewhere on the machine lands on
-# different tools in different repetitions; each cell is the median over the repetitions.
+# Each example times every function in 11 rounds of measured and bare iterations, in thread CPU
+# time, and prints the medians (examples/count_peers/timing.rs). The four processes run one at a
+# time, never side by side (they would share the cores they are timed on), and the whole set is
+# repeated REPEATS times in rotation so that a disturbance from elsewhere on the machine lands
+# on different tools in different repetitions; each cell is the median over the repetitions, and
+# the widest spread of one cell over the repetitions is printed under the table.
+#
+# Built with the bench profile (fat LTO, one codegen unit; see Cargo.toml): the five workloads
+# are the same source in four binaries, and with several codegen units how they are inlined
+# depends on how each binary happens to be split, which moves them by more than the counters
+# cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 repeats="${REPEATS:-3}"
 tools=(system heapwatch dhat stats_alloc)
 
-cargo build --release --quiet \
+cargo build --profile bench --quiet \
     --example count_peers_system --example count_peers_heapwatch \
     --example count_peers_dhat --example count_peers_stats_alloc
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-examples="$target_dir/release/examples"
+examples="$target_dir/release/examples" # the bench profile builds into release/
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -38,12 +44,13 @@ for ((rep = 0; rep < repeats; rep++)); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-# Medians over the repetitions: tool, function, measured ns, bare ns.
+# Medians over the repetitions, and each cell's spread (max / min): tool, function, m(easured)
+# or b(are), median ns, spread.
 awk -F'\t' '{ print $2 "\t" $3 "\tm\t" $6; print $2 "\t" $3 "\tb\t" $7 }' "$out/rows" |
     sort -t$'\t' -k1,1 -k2,2 -k3,3 -k4,4g |
     awk -F'\t' '
         function flush() {
-            if (n) print key "\t" v[int((n + 1) / 2)]
+            if (n) print key "\t" v[int((n + 1) / 2)] "\t" (v[1] > 0 ? v[n] / v[1] : 1)
             n = 0
         }
         { k = $1 "\t" $2 "\t" $3; if (k != key) { flush(); key = k }; v[++n] = $4 }
@@ -51,14 +58,20 @@ awk -F'\t' '{ print $2 "\t" $3 "\tm\t" $6; print $2 "\t" $3 "\tb\t" $7 }' "$out/
 
 # The table: rows in the order heapwatch printed them; blocks and bytes as heapwatch counted
 # them, checked against dhat's (blocks, bytes) and stats_alloc's (blocks) in their own processes.
-awk -F'\t' -v medians="$out/medians" '
+awk -F'\t' -v medians="$out/medians" -v repeats="$repeats" '
     function ns(x) { return x >= 100 ? sprintf("%.0f", x) : sprintf("%.1f", x) }
     function cell(tool, f) {
         if (!((tool, f, "m") in med)) return "—"
         if (tool == "system") return ns(med[tool, f, "b"])
         return ns(med[tool, f, "m"]) " (" ns(med[tool, f, "b"]) ")"
     }
-    BEGIN { while ((getline line < medians) > 0) { split(line, p, "\t"); med[p[1], p[2], p[3]] = p[4] } }
+    BEGIN {
+        while ((getline line < medians) > 0) {
+            split(line, p, "\t")
+            med[p[1], p[2], p[3]] = p[4]
+            if (p[5] > widest) { widest = p[5]; widest_cell = p[1] " " p[2] (p[3] == "m" ? " measured" : " bare") }
+        }
+    }
     $2 == "heapwatch" && !($3 in seen) { seen[$3] = 1; order[++count] = $3 }
     { blocks[$2, $3] = $4; bytes[$2, $3] = $5 }
     END {
@@ -75,8 +88,10 @@ awk -F'\t' -v medians="$out/medians" '
                 disagree = disagree "\n" f ": stats_alloc counted " blocks["stats_alloc", f] " blocks"
         }
         print ""
-        print "Median ns per iteration; in parentheses the same call bare under the same allocator"
-        print "(dhat: with its profiler running). bare ns: plain System, no counter. blocks counts a"
-        print "realloc as a block (stats_alloc: allocations + reallocations); bytes as requested."
+        print "Median ns of thread CPU time per iteration; in parentheses the same call bare under"
+        print "the same allocator (dhat: with its profiler running). bare ns: plain System, no"
+        print "counter. blocks counts a realloc as a block (stats_alloc: allocations +"
+        print "reallocations); bytes as requested."
+        printf "Widest spread of one cell over the %d repetitions: %.2fx (%s).\n", repeats, widest, widest_cell
         if (disagree != "") { print "\nCOUNTS DISAGREE between the processes:" disagree; exit 1 }
     }' "$out/rows"

@@ -1,6 +1,7 @@
 //! The timing loop the count_peers examples share, so that every counter is timed the same way:
 //! per function, `ROUNDS` rounds, each timing the same number of measured iterations and then of
-//! bare ones back to back, and the median per-iteration time of each kind over the rounds.
+//! bare ones back to back, and the median per-iteration time of each kind over the rounds. Time
+//! is the thread's CPU time (see [`thread_cpu_time`]).
 //!
 //! The iteration count is calibrated once per function so that a round of measured iterations
 //! takes about [`ROUND_TARGET`]: dhat's measured iterations are hundreds of times slower than a
@@ -9,7 +10,7 @@
 //! calls.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// 11 rounds: the median is the 6th, robust to a few rounds disturbed by the other processes on
 /// a shared 2-core machine.
@@ -62,11 +63,26 @@ pub fn time_pair(mut measured: impl FnMut(), mut bare: impl FnMut()) -> Timed {
 }
 
 fn run(f: &mut impl FnMut(), iterations: u64) -> Duration {
-    let start = Instant::now();
+    let start = thread_cpu_time();
     for _ in 0..black_box(iterations) {
         f();
     }
-    start.elapsed()
+    thread_cpu_time().saturating_sub(start)
+}
+
+/// The calling thread's CPU time. Not wall-clock time: on a machine whose cores are shared with
+/// other work, time spent descheduled would land on whichever tool was running then, and the
+/// four processes are timed minutes apart.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable `timespec`; CLOCK_THREAD_CPUTIME_ID is a clock every
+    // Linux and POSIX system provides (clock_gettime(2)), so the call only writes `now`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn per_iteration(took: Duration, iterations: u64) -> f64 {
