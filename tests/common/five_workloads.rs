@@ -69,7 +69,7 @@ pub fn vec_push() -> Built {
 pub fn string_format() -> Built {
     let id = black_box(90_210u64);
     let name = black_box("heapwatch");
-    let ratio = black_box(2.718_281_828f64);
+    let ratio = black_box(1.618_034f64);
     let list = black_box([3u16, 1, 4, 1, 5, 9, 2, 6]);
     let flag = black_box(Some('x'));
     Built::String(format!(
