@@ -3,7 +3,9 @@
 //! Each file is a node. A file depends on another when one of its `mod` declarations, `use`
 //! lines or paths in code (`crate::…`, `super::…`, `self::…`, or a child module's name) names an
 //! item that the other file defines or re-exports: the path is resolved to the longest module
-//! prefix that is a file. Comments and string literals are skipped. The crate roots are
+//! prefix that is a file. A `crate::name!` call names the file that writes `macro_rules! name`
+//! (an exported macro sits at the root wherever it is written); `$crate::…` paths in a macro's
+//! body are its callers' dependencies, not its file's. Comments and string literals are skipped. The crate roots are
 //! `src/lib.rs` and each `src/bin/<name>/main.rs` (or `src/bin/<name>.rs`); a binary's paths
 //! into the library (`heapwatch::…`) cannot close a cycle and are not followed.
 //!
@@ -92,7 +94,11 @@ impl Graph {
                 graph.files.insert(file.clone());
                 let text = &sources[file];
                 for (path, why) in references(module, &strip(text)) {
-                    if let Some(target) = krate.resolve(&path) {
+                    let target = match macro_called(&path) {
+                        Some(name) => exported_macro_file(sources, &krate, name),
+                        None => krate.resolve(&path),
+                    };
+                    if let Some(target) = target {
                         if target != *file {
                             graph
                                 .edges
@@ -303,7 +309,17 @@ fn references(module: &[String], text: &str) -> Vec<(Vec<String>, String)> {
                 path.push(tokens[j + 1].clone());
                 j += 2;
             }
-            if !preceded_by_colons {
+            let macro_call = tokens.get(j).is_some_and(|t| t == "!");
+            // `$crate::…` in a `macro_rules!` body is resolved where the macro is expanded:
+            // a dependency of its callers, not of the file that writes it.
+            let in_macro_body = i > 0 && tokens[i - 1] == "$";
+            let counted = !preceded_by_colons && !in_macro_body;
+            if counted && macro_call && path.len() == 2 && path[0] == "crate" {
+                out.push((
+                    vec![MACRO_CALL.to_owned(), path[1].clone()],
+                    format!("{}!", path.join("::")),
+                ));
+            } else if counted {
                 if let Some(abs) = absolute(&here, &children, &path) {
                     out.push((abs, path.join("::")));
                 }
@@ -314,6 +330,34 @@ fn references(module: &[String], text: &str) -> Vec<(Vec<String>, String)> {
         i += 1;
     }
     out
+}
+
+/// The marker [`references`] puts before a `crate::name!` (or `$crate::name!`) call: a
+/// `#[macro_export]` macro, which the language places at the crate root wherever it is written.
+const MACRO_CALL: &str = "macro!";
+
+/// The macro a reference calls, if it is such a call.
+fn macro_called(path: &[String]) -> Option<&str> {
+    match path {
+        [marker, name] if marker == MACRO_CALL => Some(name),
+        _ => None,
+    }
+}
+
+/// The file of `krate` that writes `macro_rules! name`: an exported macro depends on the file
+/// that defines it, not on the root it is exported from.
+fn exported_macro_file(
+    sources: &BTreeMap<String, String>,
+    krate: &Crate,
+    name: &str,
+) -> Option<String> {
+    krate.modules.values().find_map(|file| {
+        let tokens = tokenize(&strip(&sources[file]));
+        tokens
+            .windows(3)
+            .any(|w| w[0] == "macro_rules" && w[1] == "!" && w[2] == name)
+            .then(|| file.clone())
+    })
 }
 
 /// `path` made absolute from the module `here`; `None` for paths outside the crate.
@@ -550,6 +594,22 @@ mod tests {
             g.cycles(),
             vec![vec!["w/c.rs".to_owned(), "w/mod.rs".to_owned()]]
         );
+    }
+
+    #[test]
+    fn an_exported_macro_is_the_file_that_writes_it_not_the_root() {
+        let graph = graph(&[
+            ("lib.rs", "mod a; mod b; mod c; pub use a::f;"),
+            (
+                "a.rs",
+                "pub fn f() {} #[macro_export] macro_rules! m { () => { $crate::m!(@x) }; (@x) => { $crate::a::f() } }",
+            ),
+            ("b.rs", "pub fn g() { crate::m!() }"),
+            ("c.rs", "macro_rules! n { () => { $crate::b::g() } }"),
+        ]);
+        assert!(graph.cycles().is_empty(), "{:?}", graph.edges);
+        assert_eq!(graph.edges["b.rs"].keys().collect::<Vec<_>>(), ["a.rs"]);
+        assert!(graph.edges.get("c.rs").is_none_or(BTreeMap::is_empty), "{:?}", graph.edges);
     }
 
     #[test]

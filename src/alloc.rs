@@ -54,10 +54,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match thread_state::record_alloc(layout.size()) {
-            decision @ (Decision::Skip | Decision::LogSite) => {
-                if matches!(decision, Decision::LogSite) {
-                    crate::measure::log_site(layout.size());
-                }
+            Decision::Skip => {
                 // SAFETY: the caller upholds `alloc`'s contract for `layout`; passed on unchanged.
                 let ptr = unsafe { self.inner.alloc(layout) };
                 if ptr.is_null() {
@@ -75,10 +72,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match thread_state::record_alloc(layout.size()) {
-            decision @ (Decision::Skip | Decision::LogSite) => {
-                if matches!(decision, Decision::LogSite) {
-                    crate::measure::log_site(layout.size());
-                }
+            Decision::Skip => {
                 // SAFETY: as for `alloc`.
                 let ptr = unsafe { self.inner.alloc_zeroed(layout) };
                 if ptr.is_null() {
@@ -132,10 +126,6 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Alloc<A> {
             }
             Decision::Sample { rate_bytes } => Some(rate_bytes),
             Decision::Skip => None,
-            Decision::LogSite => {
-                crate::measure::log_site(new_size);
-                None
-            }
         };
         // SAFETY: the caller upholds `realloc`'s contract; arguments are passed on unchanged
         // (the block is not promoted: checked above).
@@ -346,6 +336,9 @@ fn sample(ptr: *mut u8, size: usize, rate_bytes: u64, promoted: bool) -> bool {
     let depth = stack::capture(&mut frames);
     if crate::measure::logging() {
         crate::measure::log_captured(size, &frames[..depth]);
+    }
+    if rate_bytes == thread_state::LOG_SITE_ONLY {
+        return false;
     }
     let sample = table::NewSample {
         size: size as u64,

@@ -9,8 +9,9 @@
 //! #[global_allocator]
 //! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 //!
-//! fn parse(c: &mut Criterion<impl criterion::measurement::Measurement>) {
-//!     c.bench_function("parse", |b| b.iter(|| "1,2,3".split(',').map(str::to_owned).collect::<Vec<_>>()));
+//! fn parse<M: criterion::measurement::Measurement + 'static>(c: &mut Criterion<M>) {
+//!     let split = || "1,2,3".split(',').map(str::to_owned).collect::<Vec<_>>();
+//!     c.bench_function("parse", |b| b.iter(split));
 //! }
 //!
 //! // Time, with a heap profile per benchmark under `--profile-time`…

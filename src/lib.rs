@@ -51,7 +51,7 @@
 //!
 //! ## In tests and benchmarks
 //!
-//! [`measure`] gives the exact allocation figures of a closure on the calling thread (blocks,
+//! [`measure()`] gives the exact allocation figures of a closure on the calling thread (blocks,
 //! bytes, reallocs, frees, peak, held); [`assert_allocations!`] holds a closure to a budget and
 //! names the functions that allocated; [`leak_check`] fails a test whose heap keeps growing.
 //! With the feature `criterion`, `heapwatch::bench` has criterion measurements of bytes and

@@ -53,7 +53,7 @@ struct ThreadState {
     /// While scopes are open: the highest [`thread_net`] bytes reached.
     peak_net: Cell<i64>,
     /// While set (a scope that names its call sites is open), allocations not sampled are
-    /// [`Decision::LogSite`].
+    /// decided [`LOG_SITE_ONLY`].
     log_sites: Cell<bool>,
 }
 
@@ -100,14 +100,17 @@ impl Drop for ExitHook {
 /// What the slow path decided about an allocation.
 pub(crate) enum Decision {
     Skip,
-    /// Sample it; the allocation was drawn at this mean rate.
+    /// Sample it; the allocation was drawn at this mean rate. Or, with
+    /// [`LOG_SITE_ONLY`], not sampled but its call site logged for a budget check
+    /// ([`log_sites`]): one variant for both keeps the allocator's inlined fast path as small as
+    /// with sampling alone (a third variant made `alloc` too large to inline into its callers).
     Sample {
         rate_bytes: u64,
     },
-    /// Not sampled, but a scope on this thread logs the call site of every allocation
-    /// ([`log_sites`]).
-    LogSite,
 }
+
+/// The `rate_bytes` of a [`Decision::Sample`] that only logs the allocation's call site.
+pub(crate) const LOG_SITE_ONLY: u64 = 0;
 
 /// Counts an allocation and runs the sampling countdown. Returns a sampling decision only when
 /// the countdown expired (rare).
@@ -251,7 +254,9 @@ fn record_alloc_slow(size: usize) -> Decision {
         // (rather than drawing anew) keeps the intervals exactly exponential.
         let left = left.wrapping_add(state.deferred.replace(0));
         let not_sampled = || match state.log_sites.get() && !state.in_profiler.get() {
-            true => Decision::LogSite,
+            true => Decision::Sample {
+                rate_bytes: LOG_SITE_ONLY,
+            },
             false => Decision::Skip,
         };
         if left > 0 {
@@ -566,8 +571,8 @@ pub(crate) fn close_scope(start: &ScopeStart) {
     });
 }
 
-/// Turns on (or off) [`Decision::LogSite`] for the calling thread's allocations while a scope
-/// is open; returns the previous setting.
+/// Turns on (or off) [`LOG_SITE_ONLY`] decisions for the calling thread's allocations while a
+/// scope is open; returns the previous setting.
 pub(crate) fn log_sites(on: bool) -> bool {
     STATE
         .try_with(|state| state.log_sites.replace(on))
@@ -796,7 +801,12 @@ mod tests {
                     "a new interval waits aside while the scope is open"
                 );
                 assert!(!log_sites(true));
-                assert!(matches!(record_alloc(10), Decision::LogSite));
+                assert!(matches!(
+                    record_alloc(10),
+                    Decision::Sample {
+                        rate_bytes: LOG_SITE_ONLY
+                    }
+                ));
                 {
                     let _inside = ProfilerGuard::enter().expect("entry");
                     assert!(

@@ -114,6 +114,7 @@ pub struct DetectorReport {
 
 /// The differential flamegraph of `now` against `baseline` (folded stacks of the baseline
 /// snapshot; empty before one was taken).
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // served by the listener's leak page
 pub(crate) fn write_diff<W: std::io::Write>(
     baseline: &[String],
     now: &crate::profile::Profile,

@@ -1,8 +1,8 @@
 //! Allocation budgets for tests: a closure may allocate at most so many blocks or bytes on the
 //! calling thread; past that, the failure names the functions that allocated.
 
+use super::scope::{AllocationScope, Allocations};
 use super::site_log::{self, SiteLog};
-use super::{AllocationScope, Allocations};
 use crate::profile::SampleType;
 use crate::table::{RawSnapshot, RawStackTotals};
 
@@ -132,17 +132,18 @@ impl std::error::Error for OverBudget {}
 ///
 /// The call site of every allocation is recorded while `f` runs (a stack capture each, about a
 /// microsecond): meant for closures that allocate little. For figures alone, see
-/// [`measure`](crate::measure).
+/// [`measure`](fn@crate::measure).
 ///
 /// ```
 /// #[global_allocator]
 /// static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 ///
-/// let (sum, within) = heapwatch::check_allocations(heapwatch::Budget::none(), || (1..=10).sum::<u32>());
+/// use heapwatch::{check_allocations, Budget};
+/// let (sum, within) = check_allocations(Budget::none(), || (1..=10).sum::<u32>());
 /// assert_eq!(sum, 55);
 /// assert!(within.is_ok());
 ///
-/// let (_, over) = heapwatch::check_allocations(heapwatch::Budget::none(), || vec![1u8; 10]);
+/// let (_, over) = check_allocations(Budget::none(), || vec![1u8; 10]);
 /// let over = over.unwrap_err();
 /// assert_eq!(over.allocations.blocks, 1);
 /// assert!(!over.sites.is_empty());
@@ -244,15 +245,15 @@ fn sites_of(log: SiteLog) -> Vec<AllocationSite> {
 #[macro_export]
 macro_rules! assert_allocations {
     (none, $f:expr $(,)?) => {
-        $crate::assert_within($crate::Budget::none(), $f)
+        $crate::measure::assert_within($crate::measure::Budget::none(), $f)
     };
     (@budget $budget:expr; $limit:ident = $value:expr, $($rest:tt)+) => {
         $crate::assert_allocations!(@budget $budget.$limit($value); $($rest)+)
     };
     (@budget $budget:expr; $f:expr $(,)?) => {
-        $crate::assert_within($budget, $f)
+        $crate::measure::assert_within($budget, $f)
     };
     ($limit:ident = $($rest:tt)+) => {
-        $crate::assert_allocations!(@budget $crate::Budget::new(); $limit = $($rest)+)
+        $crate::assert_allocations!(@budget $crate::measure::Budget::new(); $limit = $($rest)+)
     };
 }

@@ -3,11 +3,10 @@
 //! check runs, named only if it fails.
 //!
 //! The log lives on the checking function's stack frame; the thread-local holds a pointer to
-//! it while it is active, and the allocator's slow path ([`log_site`]) appends to it. Bounded:
-//! [`MAX_SITES`] distinct stacks, the rest counted together.
+//! it while it is active, and the allocator's slow path ([`log_captured`]) appends to it.
+//! Bounded: [`MAX_SITES`] distinct stacks, the rest counted together.
 
 use crate::internal_alloc::ProfilerAlloc;
-use crate::stack;
 use allocator_api2::vec::Vec as PVec;
 use std::cell::Cell;
 
@@ -106,24 +105,8 @@ pub(crate) fn logging() -> bool {
 }
 
 /// Logs the call site of an allocation of `bytes` on this thread, if a log is active: from the
-/// allocator's slow path (cold), inside the profiler guard, so nothing here is counted or
-/// logged again.
-#[cold]
-#[inline(never)]
-pub(crate) fn log_site(bytes: usize) {
-    let Some(_inside) = crate::thread_state::ProfilerGuard::enter() else {
-        return;
-    };
-    if !logging() {
-        return;
-    }
-    let mut frames = [0usize; stack::MAX_FRAMES];
-    let depth = stack::capture(&mut frames);
-    log_captured(bytes, &frames[..depth]);
-}
-
-/// Logs a stack captured already (by the sampled path), if a log is active. The caller is
-/// inside the profiler guard.
+/// allocator's sampled path (cold), which captured the stack inside the profiler guard, so
+/// nothing allocated here is counted or logged again.
 pub(crate) fn log_captured(bytes: usize, frames: &[usize]) {
     let Ok(log) = ACTIVE.try_with(Cell::get) else {
         return;
