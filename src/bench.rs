@@ -9,22 +9,30 @@
 //! #[global_allocator]
 //! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 //!
-//! fn parse<M: criterion::measurement::Measurement + 'static>(c: &mut Criterion<M>) {
+//! // One function for every measurement, in a group named after it: criterion keeps results
+//! // (and compares runs) by benchmark id, so bytes must not land where the times are.
+//! fn parse<M: criterion::measurement::Measurement + 'static>(c: &mut Criterion<M>, group: &str) {
 //!     let split = || "1,2,3".split(',').map(str::to_owned).collect::<Vec<_>>();
-//!     c.bench_function("parse", |b| b.iter(split));
+//!     c.benchmark_group(group).bench_function("parse", |b| b.iter(split));
+//! }
+//! fn in_time(c: &mut Criterion) {
+//!     parse(c, "time");
+//! }
+//! fn in_bytes(c: &mut Criterion<BytesAllocated>) {
+//!     parse(c, "bytes");
 //! }
 //!
 //! // Time, with a heap profile per benchmark under `--profile-time`…
 //! criterion_group! {
 //!     name = time;
 //!     config = Criterion::default().with_profiler(HeapProfiler::default());
-//!     targets = parse
+//!     targets = in_time
 //! }
 //! // …and bytes allocated per iteration, with criterion's statistics, from the same functions.
 //! criterion_group! {
 //!     name = bytes;
 //!     config = Criterion::default().with_measurement(BytesAllocated);
-//!     targets = parse
+//!     targets = in_bytes
 //! }
 //! criterion_main!(time, bytes);
 //! ```
