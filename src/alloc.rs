@@ -344,6 +344,7 @@ fn sample(ptr: *mut u8, size: usize, rate_bytes: u64, promoted: bool) -> bool {
         size: size as u64,
         rate_bytes,
         promoted,
+        span: thread_state::span_tag(),
     };
     table::insert(ptr as usize, sample, &frames[..depth])
 }

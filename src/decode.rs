@@ -715,9 +715,11 @@ fn from_proto(p: &proto::Profile, budget: &mut Budget) -> Result<Profile, Decode
         // A stack of a few locations with long names reads as a long line: this bounds what a
         // flamegraph, a diff or a report builds from the profile.
         budget.charge(named, "stacks named in full")?;
+        let labels = string_labels(&sample.label, &string, budget)?;
         samples.push(Sample {
             locations: stack,
             values,
+            labels,
         });
     }
     let default_sample_type = string(p.default_sample_type)
@@ -731,6 +733,31 @@ fn from_proto(p: &proto::Profile, budget: &mut Budget) -> Result<Profile, Decode
         mappings,
         default_sample_type,
     })
+}
+
+/// A sample's string labels (a span and its fields), each key and value copied and charged;
+/// numeric labels, which heapwatch does not write, are left out.
+fn string_labels<'p>(
+    labels: &[proto::Label],
+    string: &impl Fn(i64) -> Result<&'p str, DecodeError>,
+    budget: &mut Budget,
+) -> Result<Vec<(String, String)>, DecodeError> {
+    let labels: Vec<&proto::Label> = labels.iter().filter(|label| label.str != 0).collect();
+    budget.charge(
+        exact_vec(labels.len(), size_of::<(String, String)>()),
+        "labels",
+    )?;
+    labels
+        .into_iter()
+        .map(|label| {
+            let (key, value) = (string(label.key)?, string(label.str)?);
+            budget.charge(
+                heap_block(key.len() as u64).saturating_add(heap_block(value.len() as u64)),
+                "labels",
+            )?;
+            Ok((key.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -84,6 +84,9 @@ pub(crate) enum Rank {
     /// What the watch publishes (`published`): the latest tick, the baseline, the dump
     /// directory.
     Published,
+    /// The interned span tags (`spans`): taken when a new span is tagged, and by a snapshot
+    /// or a metrics render naming the tags; whoever holds it may allocate.
+    SpanTags,
     /// The symbolizer's caches.
     Symbolizer,
     /// heapwatch's walks of the loader's list (`dl_iterate_phdr`).
@@ -103,6 +106,7 @@ impl Rank {
         Rank::Metrics,
         Rank::Watch,
         Rank::Published,
+        Rank::SpanTags,
         Rank::Symbolizer,
         Rank::Loader,
         Rank::Unwinder,
@@ -114,7 +118,7 @@ impl Rank {
     }
 }
 
-const RANKS: usize = 9;
+const RANKS: usize = 10;
 
 /// What the fork handlers do with one module's locks. A `static` of the module's, named by its
 /// [`HeldAcrossFork`] locks.
@@ -518,6 +522,7 @@ mod tests {
                 Rank::Metrics,
                 Rank::Watch,
                 Rank::Published,
+                Rank::SpanTags,
                 Rank::Symbolizer,
                 Rank::Loader,
                 Rank::Unwinder,

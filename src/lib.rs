@@ -88,6 +88,7 @@ mod profile;
 pub mod published;
 mod sampler;
 mod snapshot;
+pub mod spans;
 mod stack;
 mod statistics;
 mod symbolize;
@@ -112,6 +113,8 @@ pub use profile::{
 };
 pub use sampler::{sample_rate, unbias_factor, DEFAULT_SAMPLE_RATE_BYTES};
 pub use snapshot::{snapshot, OVERFLOW_FRAME};
+#[cfg(feature = "tracing")]
+pub use spans::SpanLayer;
 #[doc(hidden)]
 pub use stack::{
     __compare_unwinders, __unwinder_disagreements, Comparison as __UnwinderComparison,

@@ -93,6 +93,11 @@ pub fn describe() {
         "Dump sets that could not be written."
     );
     describe_gauge!(
+        "heapwatch_heap_span_live_bytes",
+        Unit::Bytes,
+        "Estimated live bytes allocated in each of the top tracing spans (sampled)."
+    );
+    describe_gauge!(
         "heapwatch_jemalloc_allocated_bytes",
         Unit::Bytes,
         "jemalloc stats.allocated."
@@ -152,6 +157,29 @@ pub(crate) fn update_undescribed() {
     record_figures(published::latest().as_ref());
 }
 
+/// The series `heapwatch_heap_span_live_bytes` has at most: the spans holding the most.
+pub const TOP_SPAN_SERIES: usize = 10;
+
+/// `heapwatch_heap_span_live_bytes{span=…}` for the [`TOP_SPAN_SERIES`] spans holding the most
+/// sampled live bytes. A span that leaves the top keeps its last value in a recorder without an
+/// idle timeout (the built-in `/metrics` has one, so only the current top is listed); the
+/// series are at most the distinct span tags, which are bounded.
+fn record_top_spans() {
+    let mut spans = crate::table::live_bytes_by_span();
+    spans.retain(|&(tag, bytes)| tag != crate::spans::tags::NO_SPAN && bytes >= 0.5);
+    if spans.is_empty() {
+        return;
+    }
+    spans.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    spans.truncate(TOP_SPAN_SERIES);
+    for (tag, bytes) in spans {
+        let labels = crate::spans::tags::labels(tag);
+        if let Some(span) = crate::spans::span_name(&labels) {
+            gauge!("heapwatch_heap_span_live_bytes", "span" => span).set(bytes.round());
+        }
+    }
+}
+
 fn record_figures(latest: Option<&Latest>) {
     let stats = crate::counters::stats();
     gauge!("heapwatch_heap_live_bytes").set(stats.live_bytes as f64);
@@ -192,6 +220,7 @@ fn record_figures(latest: Option<&Latest>) {
         counter!("heapwatch_dumps_total", "reason" => reason.name()).absolute(count);
     }
     counter!("heapwatch_dump_errors_total").absolute(published::dump_errors());
+    record_top_spans();
 
     #[cfg(feature = "jemalloc")]
     if let Some(je) =

@@ -111,6 +111,7 @@ impl Profile {
             samples: vec![Sample {
                 locations: vec![0],
                 values,
+                labels: Vec::new(),
             }],
             locations: vec![Location {
                 address,
@@ -132,6 +133,9 @@ pub struct Sample {
     pub locations: Vec<usize>,
     /// Indexed by [`SampleType::index`]: alloc_objects, alloc_space, inuse_objects, inuse_space.
     pub values: [i64; 4],
+    /// pprof labels, key and value: the span the allocations were made in (`span`, then one
+    /// per field [`SpanLayer`](crate::spans) selects), empty outside every span.
+    pub labels: Vec<(String, String)>,
 }
 
 impl Sample {
@@ -309,7 +313,7 @@ impl Profile {
     ///         lines: vec![Line { function: name.into(), ..Line::default() }],
     ///         ..Location::default()
     ///     }],
-    ///     samples: vec![Sample { locations: vec![0], values: [1, bytes, 1, bytes] }],
+    ///     samples: vec![Sample { locations: vec![0], values: [1, bytes, 1, bytes], labels: Vec::new() }],
     ///     ..Profile::default()
     /// };
     /// let growth = site("cache::insert", 3000).growth_since(&site("cache::insert", 1000), SampleType::InuseSpace, None);
@@ -363,7 +367,7 @@ impl Profile {
     /// use heapwatch::{Line, Location, Profile, Sample, SampleType};
     /// let at = |values: [i64; 4]| Profile {
     ///     locations: vec![Location { address: 0x1000, lines: vec![Line { function: "parse".into(), ..Line::default() }], ..Location::default() }],
-    ///     samples: vec![Sample { locations: vec![0], values }],
+    ///     samples: vec![Sample { locations: vec![0], values, labels: Vec::new() }],
     ///     ..Profile::default()
     /// };
     /// let delta = at([30, 3000, 2, 200]).allocated_since(&at([10, 1000, 5, 500]));
@@ -371,14 +375,17 @@ impl Profile {
     /// assert_eq!(delta.default_sample_type, Some(SampleType::AllocSpace));
     /// ```
     pub fn allocated_since(&self, earlier: &Profile) -> Profile {
-        fn key(profile: &Profile, sample: &Sample) -> Vec<u64> {
-            sample
+        // A stack under two spans is two samples: the span is part of the key.
+        type Key = (Vec<u64>, Vec<(String, String)>);
+        fn key(profile: &Profile, sample: &Sample) -> Key {
+            let addresses = sample
                 .locations
                 .iter()
                 .map(|&l| profile.locations.get(l).map_or(0, |loc| loc.address))
-                .collect()
+                .collect();
+            (addresses, sample.labels.clone())
         }
-        let mut before: std::collections::HashMap<Vec<u64>, [i64; 2]> = Default::default();
+        let mut before: std::collections::HashMap<Key, [i64; 2]> = Default::default();
         for sample in &earlier.samples {
             let entry = before.entry(key(earlier, sample)).or_default();
             entry[0] = entry[0].saturating_add(sample.values[0]);
@@ -387,7 +394,7 @@ impl Profile {
         // Stacks that differ only in machinery cut from their leaves share a key: merged, so
         // that the earlier figures are taken off once.
         let mut merged: Vec<Sample> = Vec::with_capacity(self.samples.len());
-        let mut index: std::collections::HashMap<Vec<u64>, usize> = Default::default();
+        let mut index: std::collections::HashMap<Key, usize> = Default::default();
         for sample in &self.samples {
             let key = key(self, sample);
             match index.get(&key) {
@@ -557,6 +564,7 @@ mod tests {
             samples: vec![Sample {
                 locations: vec![0, 1, 2, 3],
                 values: [1, 100, 1, 100],
+                labels: Vec::new(),
             }],
             locations: vec![
                 named(1, "bytes::bytes_mut::BytesMut::reserve_inner"),
@@ -614,6 +622,7 @@ mod tests {
         let stack = |frames: &[usize], bytes| Sample {
             locations: frames.to_vec(),
             values: [1, bytes, 1, bytes],
+            labels: Vec::new(),
         };
         let locations = vec![
             line("bytes::bytes_mut::BytesMut::reserve_inner"),
@@ -668,10 +677,12 @@ mod tests {
                 Sample {
                     locations: vec![0, 3, 3, 2],
                     values: [1, 100, 1, 100],
+                    labels: Vec::new(),
                 },
                 Sample {
                     locations: vec![1, 2],
                     values: [1, 30, 0, 0],
+                    labels: Vec::new(),
                 },
             ],
             ..Profile::default()

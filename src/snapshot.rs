@@ -5,7 +5,7 @@
 
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
-use crate::table::{self, RawSnapshot, RawStackTotals};
+use crate::table::{self, RawSnapshot, RawStack, RawStackTotals};
 use crate::thread_state::ProfilerGuard;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -92,7 +92,14 @@ fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
     }
 
     let mut overflow_location = None;
-    for &(start, len, totals) in raw.stacks.iter() {
+    let mut labels_of_span = HashMap::new();
+    for &RawStack {
+        start,
+        len,
+        span,
+        totals,
+    } in raw.stacks.iter()
+    {
         if totals == RawStackTotals::default() {
             // Only in a thread's snapshot: a stack with nothing of that thread's live.
             continue;
@@ -116,8 +123,13 @@ fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
             });
             locations = vec![index];
         }
+        let labels = labels_of_span
+            .entry(span)
+            .or_insert_with(|| crate::spans::tags::labels(span))
+            .clone();
         profile.samples.push(Sample {
             locations,
+            labels,
             values: [
                 totals.alloc_objects.round() as i64,
                 totals.alloc_bytes.round() as i64,

@@ -50,6 +50,9 @@ struct StackEntry {
     frames_start: u32,
     frames_len: u32,
     hash: u64,
+    /// The span tag the stack's allocations were made under (`spans`; 0: none): a stack
+    /// under two spans is two entries, so every figure splits by span.
+    span: u32,
     /// Unbiased estimates of everything allocated at this stack, freed or not.
     alloc_objects: f64,
     alloc_bytes: f64,
@@ -100,6 +103,8 @@ pub(crate) struct NewSample {
     pub(crate) rate_bytes: u64,
     /// Allocated at a promoted layout (see [`filter`]).
     pub(crate) promoted: bool,
+    /// The allocating thread's span tag (`spans`; 0: none).
+    pub(crate) span: u32,
 }
 
 /// Records a sampled allocation at `addr` whose stack (innermost first) is `frames`, made by the
@@ -183,6 +188,7 @@ impl Table {
             size,
             rate_bytes,
             promoted: false,
+            span: 0,
         };
         self.record_weighted(addr, sample, weight, frames, thread);
     }
@@ -198,7 +204,7 @@ impl Table {
         thread: ThreadTag,
     ) -> bool {
         let size = new.size;
-        let stack = self.intern(frames);
+        let stack = self.intern(frames, new.span);
         if stack == OVERFLOW_STACK {
             self.overflow_alloc_objects += weight;
             self.overflow_alloc_bytes += weight * size as f64;
@@ -257,9 +263,9 @@ impl Table {
         true
     }
 
-    /// The id of `frames`, interning it on first sight.
-    fn intern(&mut self, frames: &[usize]) -> u32 {
-        let hash = HASHER.hash_one(frames);
+    /// The id of `frames` under span tag `span`, interning it on first sight.
+    fn intern(&mut self, frames: &[usize], span: u32) -> u32 {
+        let hash = HASHER.hash_one((frames, span));
         let Table {
             frames: arena,
             stacks,
@@ -269,6 +275,7 @@ impl Table {
         let found = stack_index.find(hash, |&id| {
             let entry = &stacks[id as usize];
             entry.hash == hash
+                && entry.span == span
                 && arena[entry.frames_start as usize..][..entry.frames_len as usize] == *frames
         });
         if let Some(&id) = found {
@@ -291,6 +298,7 @@ impl Table {
             frames_start,
             frames_len: frames.len() as u32,
             hash,
+            span,
             alloc_objects: 0.0,
             alloc_bytes: 0.0,
         });
@@ -308,14 +316,26 @@ pub(crate) struct RawStackTotals {
     pub inuse_bytes: f64,
 }
 
+/// One stack of a raw snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RawStack {
+    /// Where its return addresses start in [`RawSnapshot::frames`].
+    pub start: u32,
+    /// How many there are (0 for the overflow stack).
+    pub len: u32,
+    /// The span tag its allocations were made under (`spans`; 0: none).
+    pub span: u32,
+    pub totals: RawStackTotals,
+}
+
 /// A copy of the table taken under the lock, in profiler memory, for the snapshot builder to
 /// read without holding the lock.
 pub(crate) struct RawSnapshot {
     /// Return addresses of all stacks, concatenated.
     pub frames: PVec<usize, ProfilerAlloc>,
-    /// Per stack: `(start, len)` into `frames`, and its totals. The overflow stack, if used, is
-    /// last with an empty frame range.
-    pub stacks: PVec<(u32, u32, RawStackTotals), ProfilerAlloc>,
+    /// Per stack: where its frames are, its span and its totals. The overflow stack, if used,
+    /// is last with an empty frame range.
+    pub stacks: PVec<RawStack, ProfilerAlloc>,
     pub overflowed: bool,
 }
 
@@ -351,14 +371,22 @@ impl Table {
             Scope::Thread(_) => RawStackTotals::default(),
         };
         for entry in self.stacks.iter() {
-            let totals = allocated(entry.alloc_objects, entry.alloc_bytes);
-            stacks.push((entry.frames_start, entry.frames_len, totals));
+            stacks.push(RawStack {
+                start: entry.frames_start,
+                len: entry.frames_len,
+                span: entry.span,
+                totals: allocated(entry.alloc_objects, entry.alloc_bytes),
+            });
         }
         let overflowed = self.overflow_alloc_objects > 0.0;
         let overflow_index = stacks.len();
         if overflowed {
-            let totals = allocated(self.overflow_alloc_objects, self.overflow_alloc_bytes);
-            stacks.push((0, 0, totals));
+            stacks.push(RawStack {
+                start: 0,
+                len: 0,
+                span: 0,
+                totals: allocated(self.overflow_alloc_objects, self.overflow_alloc_bytes),
+            });
         }
         let counted = |sample: &&LiveSample| match scope {
             Scope::Process => true,
@@ -370,7 +398,7 @@ impl Table {
             } else {
                 sample.stack as usize
             };
-            if let Some((_, _, totals)) = stacks.get_mut(index) {
+            if let Some(RawStack { totals, .. }) = stacks.get_mut(index) {
                 let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
                 totals.inuse_objects += weight;
                 totals.inuse_bytes += weight * sample.size as f64;
@@ -381,6 +409,34 @@ impl Table {
             stacks,
             overflowed,
         })
+    }
+}
+
+/// Estimated live bytes per span tag (`spans`), unordered; tag 0 (no span) included. Read under
+/// the lock into profiler memory, then copied out: no symbolization, so `/metrics` can afford it
+/// at every scrape. Empty if profiler memory ran out.
+pub(crate) fn live_bytes_by_span() -> Vec<(u32, f64)> {
+    let sums = {
+        let _inside = thread_state::ProfilerGuard::enter();
+        lock().live_bytes_by_span()
+    };
+    sums.map_or_else(Vec::new, |sums| sums.into_iter().collect())
+}
+
+impl Table {
+    /// What [`live_bytes_by_span`] reads; `None` if profiler memory ran out.
+    fn live_bytes_by_span(&self) -> Option<HashMap<u32, f64, FixedState, ProfilerAlloc>> {
+        let mut sums = HashMap::with_hasher_in(HASHER, ProfilerAlloc);
+        for sample in self.live.values() {
+            let span = self
+                .stacks
+                .get(sample.stack as usize)
+                .map_or(0, |entry| entry.span);
+            sums.try_reserve(1).ok()?;
+            let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
+            *sums.entry(span).or_insert(0.0) += weight * sample.size as f64;
+        }
+        Some(sums)
     }
 }
 
@@ -442,7 +498,10 @@ mod tests {
 
     /// The totals a copy holds for the stack `frames`.
     fn totals_of(raw: &RawSnapshot, frames: &[usize]) -> Option<RawStackTotals> {
-        raw.stacks.iter().find_map(|&(start, len, totals)| {
+        raw.stacks.iter().find_map(|stack| {
+            let RawStack {
+                start, len, totals, ..
+            } = *stack;
             (len > 0 && raw.frames[start as usize..][..len as usize] == *frames).then_some(totals)
         })
     }
@@ -460,11 +519,11 @@ mod tests {
         table.record(address(1, 2), 5000, RATE, &b, ThreadTag::NONE);
         assert_eq!(table.stacks.len(), 2, "two distinct stacks");
         assert_eq!(table.frames.len(), 6, "each stack's frames stored once");
-        assert_eq!(table.intern(&a), table.intern(&a));
-        assert_ne!(table.intern(&a), table.intern(&b));
+        assert_eq!(table.intern(&a, 0), table.intern(&a, 0));
+        assert_ne!(table.intern(&a, 0), table.intern(&b, 0));
         assert_ne!(
-            table.intern(&a[..2]),
-            table.intern(&a),
+            table.intern(&a[..2], 0),
+            table.intern(&a, 0),
             "a prefix is another stack"
         );
 
@@ -496,13 +555,53 @@ mod tests {
     }
 
     #[test]
+    fn one_stack_under_two_spans_is_two_stacks_and_live_bytes_split_by_span() {
+        let mut table = Table::new();
+        let a = frames(9, 0);
+        let under = |span| NewSample {
+            size: 1000,
+            rate_bytes: RATE,
+            promoted: false,
+            span,
+        };
+        let w = crate::sampler::unbias_factor(1000, RATE);
+        table.record_weighted(address(9, 0), under(3), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(9, 1), under(3), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(9, 2), under(5), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(9, 3), under(0), w, &a, ThreadTag::NONE);
+        assert_eq!(table.stacks.len(), 3, "one stack per span");
+        assert_ne!(table.intern(&a, 3), table.intern(&a, 5));
+
+        let raw = table.copy(Scope::Process).expect("copy");
+        let mut spans: Vec<(u32, f64)> = raw
+            .stacks
+            .iter()
+            .map(|stack| (stack.span, stack.totals.inuse_bytes))
+            .collect();
+        spans.sort_by_key(|&(span, _)| span);
+        let by_span = table.live_bytes_by_span().expect("sums");
+        for (span, bytes) in spans {
+            let samples = [(0, 1.0), (3, 2.0), (5, 1.0)]
+                .iter()
+                .find(|(s, _)| *s == span)
+                .expect("a span recorded")
+                .1;
+            assert!(close(bytes, samples * w * 1000.0), "span {span}: {bytes}");
+            assert!(close(by_span[&span], bytes));
+        }
+        for i in 0..4 {
+            table.remove_live(address(9, i));
+        }
+    }
+
+    #[test]
     fn a_full_stack_table_counts_new_stacks_on_the_overflow_stack() {
         let mut table = Table::new();
         for i in 0..MAX_STACKS {
-            assert_ne!(table.intern(&[i + 1]), OVERFLOW_STACK, "stack {i}");
+            assert_ne!(table.intern(&[i + 1], 0), OVERFLOW_STACK, "stack {i}");
         }
-        assert_eq!(table.intern(&[7]), 6, "known stacks are still found");
-        assert_eq!(table.intern(&[MAX_STACKS + 1]), OVERFLOW_STACK);
+        assert_eq!(table.intern(&[7], 0), 6, "known stacks are still found");
+        assert_eq!(table.intern(&[MAX_STACKS + 1], 0), OVERFLOW_STACK);
         table.record(
             address(2, 0),
             1 << 20,
@@ -518,7 +617,7 @@ mod tests {
 
         let raw = table.copy(Scope::Process).expect("copy");
         assert!(raw.overflowed);
-        let &(_, len, totals) = raw.stacks.last().expect("the overflow stack, last");
+        let &RawStack { len, totals, .. } = raw.stacks.last().expect("the overflow stack, last");
         assert_eq!(len, 0, "the overflow stack has no frames");
         let w = crate::sampler::unbias_factor(1 << 20, RATE);
         assert!(close(totals.inuse_bytes, w * (1 << 20) as f64));
@@ -582,6 +681,7 @@ mod tests {
                 size: 4096,
                 rate_bytes: RATE,
                 promoted: false,
+                span: 0,
             };
             assert!(insert(addr, new, &stack));
             let during = profiler_stats();
@@ -629,7 +729,7 @@ mod tests {
         let mut table = Table::new();
         for i in 0..STACKS {
             let stack: Vec<usize> = (0..DEPTH).map(|d| 0x4000_0000 + i * DEPTH + d).collect();
-            assert_ne!(table.intern(&stack), OVERFLOW_STACK);
+            assert_ne!(table.intern(&stack, 0), OVERFLOW_STACK);
         }
         let grown = own() - before;
         assert!(
@@ -667,6 +767,7 @@ mod tests {
                 size: 16,
                 rate_bytes: RATE,
                 promoted,
+                span: 0,
             };
             assert!(insert(promoted, new(true), &frames(2, 0)));
             assert!(

@@ -55,6 +55,9 @@ struct ThreadState {
     /// While set (a scope that names its call sites is open), allocations not sampled are
     /// decided [`LOG_SITE_ONLY`].
     log_sites: Cell<bool>,
+    /// The span the thread is in, as an interned tag (`spans`; 0: none). Written when a span
+    /// is entered or left, read only when an allocation is sampled.
+    span_tag: Cell<u32>,
 }
 
 thread_local! {
@@ -73,6 +76,7 @@ thread_local! {
             sampling_left: Cell::new(0),
             peak_net: Cell::new(0),
             log_sites: Cell::new(false),
+            span_tag: Cell::new(0),
         }
     };
     /// Only its destructor matters: it hands the counter block back when the thread exits.
@@ -577,6 +581,19 @@ pub(crate) fn log_sites(on: bool) -> bool {
     STATE
         .try_with(|state| state.log_sites.replace(on))
         .unwrap_or(false)
+}
+
+/// The calling thread's span tag (0: none, or the thread is exiting).
+pub(crate) fn span_tag() -> u32 {
+    STATE.try_with(|state| state.span_tag.get()).unwrap_or(0)
+}
+
+/// Sets the calling thread's span tag; returns the previous one.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))] // only the span layer sets it
+pub(crate) fn set_span_tag(tag: u32) -> u32 {
+    STATE
+        .try_with(|state| state.span_tag.replace(tag))
+        .unwrap_or(0)
 }
 
 /// Records `bytes` and `objects` (negative: given back) that heapwatch holds through the global

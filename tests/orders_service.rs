@@ -7,6 +7,11 @@
 //! warning, once, and the handler named from the symbol table), and with its DWARF split into
 //! a `.debug` file found through `.gnu_debuglink` (the helper named as with DWARF built in).
 //!
+//! Each request runs in a `request` span with its matched route, which `heapwatch::SpanLayer`
+//! records: `go tool pprof -tags` gives the leaking route most of `inuse_space`, `-tagfocus` on
+//! it puts the helper first, and the report, the leak dump, the flamegraph rooted at spans and
+//! `/metrics` name the route.
+//!
 //! Requires Go (`golang-go`) and objcopy (`binutils`); a missing tool fails the test.
 //!
 //! Frame-pointer pass: not needed — the service as it ships (no frame pointers); naming under the frame-pointer walk is checked by `demo_outputs`, `source_lines` and `mixed_service`.
@@ -34,6 +39,10 @@ const REPORT: [&str; 2] = [
     "orders_service::report::render_report",
     "orders_service::handlers::get_report",
 ];
+/// The leaking route's span, as heapwatch names it (span name, then the selected field).
+const LEAKING_SPAN: &str = "request{route=/orders/{id}}";
+/// The leaking route, as the `route` label holds it.
+const LEAKING_ROUTE: &str = "/orders/{id}";
 /// The text of the warning a binary without DWARF logs.
 const NO_DWARF_WARNING: &str = "line-tables-only";
 /// Frames that must never rank among the top five: heapwatch's own and the allocator shims.
@@ -103,6 +112,7 @@ fn every_reader_of_the_heap_names_the_inlined_leak() {
     check_flamegraph(&service.addr, &mut failures);
     check_report(&service.addr, &mut failures);
     check_leak_dump(&service.dumps, &mut failures);
+    check_spans(&service.addr, &scratch, &mut failures);
 
     let stderr = service.stop();
     failures.finish(&stderr);
@@ -431,6 +441,86 @@ fn check_report(addr: &str, failures: &mut Failures) {
             )
         });
     }
+    for (list, key) in [("top_spans", "span"), ("suspects", "span")] {
+        let first = report[list][0][key].as_str().unwrap_or("");
+        failures.check(first == LEAKING_SPAN, || {
+            format!(
+                "the report's first of {list} has span {first:?}, not {LEAKING_SPAN}: {}",
+                report[list]
+            )
+        });
+    }
+}
+
+/// Heap by span: `go tool pprof -tags` gives the leaking route most of `inuse_space`,
+/// `-tagfocus` on it puts the helper first, the flamegraph rooted at spans and `/metrics` name
+/// the span.
+fn check_spans(addr: &str, scratch: &Path, failures: &mut Failures) {
+    let url = format!("http://{addr}/heapwatch/debug/pprof/heap");
+    let tags = common::go_pprof(&["-tags", "-sample_index=inuse_space"], &url, scratch);
+    println!("go tool pprof -tags {url}:\n{tags}");
+    let routes = tag_rows(&tags, "route");
+    let leaking = routes
+        .iter()
+        .find(|(_, value)| value == LEAKING_ROUTE)
+        .map(|(percent, _)| *percent);
+    failures.check(
+        routes
+            .first()
+            .is_some_and(|(_, value)| value == LEAKING_ROUTE)
+            && leaking.is_some_and(|percent| percent > 50.0),
+        || format!("-tags: the leaking route does not hold most of inuse_space: {routes:?}"),
+    );
+
+    let focus = format!("-tagfocus=route={}", LEAKING_ROUTE.replace(['{', '}'], "."));
+    let focused = common::go_pprof(
+        &["-top", "-sample_index=inuse_space", &focus],
+        &url,
+        scratch,
+    );
+    println!("go tool pprof -top {focus} {url}:\n{focused}");
+    let first = common::top_rows(&focused)
+        .into_iter()
+        .next()
+        .map(|(_, function)| function)
+        .unwrap_or_default();
+    failures.check(is_helper(&first), || {
+        format!("{focus}: the first row is {first:?}, not the helper")
+    });
+
+    let (status, svg) = common::http_get(addr, "/heapwatch/debug/heap/flamegraph.svg?by=span");
+    let svg = String::from_utf8_lossy(&svg);
+    let root = format!("span: {LEAKING_SPAN}");
+    failures.check(status == 200 && svg.contains(&root), || {
+        format!("the flamegraph rooted at spans (status {status}) has no frame {root:?}")
+    });
+
+    let (status, metrics) = common::http_get(addr, "/heapwatch/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let series = format!("heapwatch_heap_span_live_bytes{{span=\"{LEAKING_SPAN}\"}}");
+    let value = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    failures.check(
+        status == 200 && value.is_some_and(|bytes| bytes > 1e6),
+        || format!("/metrics has no {series} over 1 MB (got {value:?})"),
+    );
+}
+
+/// The rows of one tag in `go tool pprof -tags` output: (percent, value), in its order.
+fn tag_rows(text: &str, tag: &str) -> Vec<(f64, String)> {
+    let header = format!("{tag}: Total");
+    text.lines()
+        .skip_while(|line| !line.trim_start().starts_with(&header))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| {
+            let (figures, value) = line.split_once("): ")?;
+            let percent = figures.split('(').nth(1)?.trim().trim_end_matches('%');
+            Some((percent.trim().parse().ok()?, value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// The newest leak dump set in `dir`, if the detector wrote one.
@@ -455,6 +545,16 @@ fn check_leak_dump(dir: &Path, failures: &mut Failures) {
     failures.check(suspect.is_some_and(is_helper), || {
         format!("the leak dump's top suspect is {suspect:?}, not the helper")
     });
+    let top_span = summary.top_spans.first().map(|s| s.span.as_str());
+    let suspect_span = summary.suspects.first().and_then(|s| s.span.as_deref());
+    failures.check(
+        top_span == Some(LEAKING_SPAN) && suspect_span == Some(LEAKING_SPAN),
+        || {
+            format!(
+                "the leak dump's top span is {top_span:?} and its suspect's span {suspect_span:?}, not {LEAKING_SPAN}"
+            )
+        },
+    );
 }
 
 /// Failed checks, all reported at the end: one run shows every name that is wrong.

@@ -9,6 +9,11 @@
 //! - `GET /report` allocates an 8 MiB report, sends it and drops it (a burst, not a leak);
 //! - `GET /health` allocates next to nothing.
 //!
+//! Each request runs in a `request` span whose `route` field is the matched route, as a
+//! service's tracing middleware records it; [`heapwatch::SpanLayer`] selects that field, so
+//! every profile, report, dump and metric says which route holds the memory:
+//! `go tool pprof -tags http://127.0.0.1:8087/heapwatch/debug/pprof/heap`.
+//!
 //! ```text
 //! cargo run --release --features axum --example orders_service -- --addr 127.0.0.1:8087
 //! go tool pprof -top http://127.0.0.1:8087/heapwatch/debug/pprof/heap
@@ -21,11 +26,16 @@
 mod handlers;
 mod report;
 
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
+use tracing_subscriber::prelude::*;
 
 #[global_allocator]
 static ALLOC: heapwatch::Alloc<heapwatch::Jemalloc> = heapwatch::Alloc::new(heapwatch::Jemalloc);
@@ -80,10 +90,14 @@ fn compress_time(builder: heapwatch::watch::WatchBuilder) -> heapwatch::watch::W
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(false),
+        )
+        .with(heapwatch::SpanLayer::new().with_fields(["route"]))
         .init();
     let options = options();
     let _watch = compress_time(heapwatch::watch::Watch::builder().dir(&options.dir))
@@ -94,6 +108,7 @@ async fn main() {
         .route("/orders/{id}", get(handlers::get_order))
         .route("/report", get(handlers::get_report))
         .route("/health", get(handlers::health))
+        .route_layer(axum::middleware::from_fn(in_request_span))
         .with_state(Arc::new(handlers::AppState::default()))
         .nest_service("/heapwatch", heapwatch::http::router());
 
@@ -112,4 +127,16 @@ async fn main() {
         }
         None => serve.await.expect("serve"),
     }
+}
+
+/// Runs the request in a `request` span naming its method and matched route, as a tracing
+/// middleware does.
+async fn in_request_span(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!("request", method = %request.method(), route = %route);
+    next.run(request).instrument(span).await
 }

@@ -34,12 +34,22 @@ pub struct Suspect {
     pub rose_in: usize,
     /// Intervals observed.
     pub intervals: usize,
+    /// The span whose live bytes at this site grew most over the snapshots kept (as
+    /// [`span_name`](crate::spans::span_name) writes it), when allocations carry spans
+    /// ([`SpanLayer`](crate::spans)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<String>,
 }
+
+/// Spans kept per site per snapshot, the largest: enough to find the one that grew.
+pub const SPANS_PER_SITE: usize = 8;
 
 #[derive(Debug, Clone)]
 struct SiteSnapshot {
     unix_ms: u64,
     live: HashMap<String, i64>,
+    /// Per site, its live bytes in each of its largest spans (empty without spans).
+    spans: HashMap<String, Vec<(String, i64)>>,
 }
 
 /// Snapshots over time and the baseline.
@@ -60,10 +70,24 @@ impl SuspectTracker {
             .take(SITES_PER_SNAPSHOT)
             .map(|f| (f.function, f.flat))
             .collect();
+        let spans = crate::spans::culprits_by_span(profile, plumbing)
+            .into_iter()
+            .filter(|(function, _)| live.contains_key(function))
+            .map(|(function, spans)| {
+                let mut spans: Vec<(String, i64)> = spans.into_iter().collect();
+                spans.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                spans.truncate(SPANS_PER_SITE);
+                (function, spans)
+            })
+            .collect();
         if self.snapshots.len() == SNAPSHOTS_KEPT {
             self.snapshots.pop_front();
         }
-        self.snapshots.push_back(SiteSnapshot { unix_ms, live });
+        self.snapshots.push_back(SiteSnapshot {
+            unix_ms,
+            live,
+            spans,
+        });
         if self.baseline.is_none() {
             self.baseline = Some((unix_ms, baseline_lines(profile)));
         }
@@ -116,6 +140,7 @@ impl SuspectTracker {
                     grown_bytes: grown,
                     rose_in,
                     intervals,
+                    span: self.span_that_grew(function),
                 })
             })
             .collect();
@@ -125,6 +150,27 @@ impl SuspectTracker {
                 .then_with(|| a.function.cmp(&b.function))
         });
         suspects
+    }
+
+    /// The span whose live bytes at `function` grew most from the oldest snapshot kept to the
+    /// latest, if any grew.
+    fn span_that_grew(&self, function: &str) -> Option<String> {
+        let bytes_in = |snapshot: &SiteSnapshot, span: &str| {
+            snapshot
+                .spans
+                .get(function)
+                .and_then(|spans| spans.iter().find(|(name, _)| name == span))
+                .map_or(0, |(_, bytes)| *bytes)
+        };
+        let (oldest, latest) = (self.snapshots.front()?, self.snapshots.back()?);
+        latest
+            .spans
+            .get(function)?
+            .iter()
+            .map(|(span, now)| (span, now.saturating_sub(bytes_in(oldest, span))))
+            .filter(|&(_, grown)| grown > 0)
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(span, _)| span.clone())
     }
 
     /// Writes the differential flamegraph of `now` against the baseline: widths are live bytes
@@ -211,6 +257,7 @@ mod tests {
                 .map(|(i, (_, bytes))| Sample {
                     locations: vec![i],
                     values: [1, *bytes, 1, *bytes],
+                    labels: Vec::new(),
                 })
                 .collect(),
             ..Profile::default()

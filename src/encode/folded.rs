@@ -99,10 +99,12 @@ mod tests {
                 Sample {
                     locations: vec![0, 1],
                     values: [0, 0, 0, 42],
+                    labels: Vec::new(),
                 },
                 Sample {
                     locations: vec![1],
                     values: [1, 1, 0, 0],
+                    labels: Vec::new(),
                 },
             ],
             ..Profile::default()

@@ -109,7 +109,16 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         out.sample.push(proto::Sample {
             location_id: sample.locations.iter().map(|&l| l as u64 + 1).collect(),
             value: sample.values.to_vec(),
-            label: Vec::new(),
+            label: sample
+                .labels
+                .iter()
+                .map(|(key, value)| proto::Label {
+                    key: strings.id(key),
+                    str: strings.id(value),
+                    num: 0,
+                    num_unit: 0,
+                })
+                .collect(),
         });
     }
     out.string_table = strings.into_table();
@@ -174,6 +183,7 @@ mod tests {
             samples: vec![Sample {
                 locations: vec![0, 1],
                 values: [2, 8192, 1, 4096],
+                labels: Vec::new(),
             }],
             locations: vec![
                 Location {

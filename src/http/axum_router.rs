@@ -41,7 +41,11 @@ pub fn router() -> axum::Router {
                 &context,
                 &base,
                 parts.method.as_str(),
-                parts.uri.path(),
+                // With the query: pages read options from it (`?by=span`).
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or(parts.uri.path(), |p| p.as_str()),
                 authorization,
             );
             let mut response = Response::builder()

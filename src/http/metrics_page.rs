@@ -3,14 +3,23 @@
 
 use crate::fork::{GuardSlot, HeldAcrossFork, Hooks, Rank};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+/// How long a gauge stays on the page once no render sets it: less than any scrape interval.
+const IDLE_GAUGE: Duration = Duration::from_millis(500);
 
 /// A recorder of heapwatch's own metrics, apart from any the service installed, so `/metrics`
 /// works whatever the service does with the `metrics` facade.
 fn own_recorder() -> &'static (PrometheusRecorder, PrometheusHandle) {
     static RECORDER: OnceLock<(PrometheusRecorder, PrometheusHandle)> = OnceLock::new();
     RECORDER.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Gauges not set by the latest render leave the page: a span that fell out of the top
+        // spans, a time to the limit no longer predicted. Every render sets the others.
+        let recorder = PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::GAUGE, Some(IDLE_GAUGE))
+            .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, crate::metrics_export::describe);
         (recorder, handle)

@@ -102,7 +102,9 @@ pub fn respond_under(
             return Response::error(401);
         }
     }
-    let path = path.split(['?', '#']).next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let path = path.split('#').next().unwrap_or("");
+    let query = query.split('#').next().unwrap_or("");
     match path {
         "/" => Response::new(200, "text/html; charset=utf-8", index(link_base)),
         "/metrics" => Response::new(
@@ -112,7 +114,14 @@ pub fn respond_under(
         ),
         "/debug/pprof/heap" => pprof(SampleType::InuseSpace, "heap"),
         "/debug/pprof/allocs" => pprof(SampleType::AllocSpace, "allocs"),
-        "/debug/heap/flamegraph.svg" => svg(|out| flamegraph(&crate::snapshot::snapshot(), out)),
+        "/debug/heap/flamegraph.svg" => svg(|out| {
+            let profile = crate::snapshot::snapshot();
+            if query.split('&').any(|pair| pair == "by=span") {
+                flamegraph(&crate::spans::rooted_at_spans(&profile), out)
+            } else {
+                flamegraph(&profile, out)
+            }
+        }),
         "/debug/heap/diff.svg" => svg(|out| {
             let baseline = crate::published::baseline().unwrap_or_default();
             crate::detect::write_diff(&baseline, &crate::snapshot::snapshot(), out)
@@ -204,12 +213,14 @@ fn report() -> Vec<u8> {
     let latest = crate::published::latest();
     let reading = latest.as_ref().map(|l| &l.reading);
     let detector = latest.as_ref().map(|l| &l.detector);
+    let profile = crate::snapshot::snapshot();
     let value = serde_json::json!({
         "heap": crate::watch::HeapCounters::from(stats),
         "sample_rate_bytes": crate::sampler::sample_rate(),
         "profiler_bytes": profiler.profiler_bytes,
         "symbolizer_bytes": profiler.symbol_cache_bytes,
-        "top_sites": crate::watch::top_sites(&crate::snapshot::snapshot(), TOP_SITES),
+        "top_sites": crate::watch::top_sites(&profile, TOP_SITES),
+        "top_spans": crate::watch::top_spans(&profile, crate::watch::TOP_SPANS),
         "cgroup": reading.map(|r| serde_json::json!({
             "limit_bytes": r.limit_bytes,
             "usage_bytes": r.usage_bytes,
@@ -315,7 +326,7 @@ const INDEX: &str = r#"<!doctype html>
 </head><body>
 <h1>heapwatch</h1>
 <ul>
-<li><a href="{base}debug/heap/flamegraph.svg">Live heap flamegraph</a></li>
+<li><a href="{base}debug/heap/flamegraph.svg">Live heap flamegraph</a>, or <a href="{base}debug/heap/flamegraph.svg?by=span">rooted at each tracing span</a></li>
 <li><a href="{base}debug/heap/diff.svg">Differential flamegraph: now against the baseline</a></li>
 <li><a href="{base}debug/heap/report">Report</a> (JSON: counters, cgroup, verdict, suspects)</li>
 <li><a href="{base}debug/heap/dumps">Dump sets on disk</a> (each file downloadable by its listed name)</li>

@@ -4,7 +4,7 @@
 use super::scope::{AllocationScope, Allocations};
 use super::site_log::{self, SiteLog};
 use crate::profile::SampleType;
-use crate::table::{RawSnapshot, RawStackTotals};
+use crate::table::{RawSnapshot, RawStack, RawStackTotals};
 
 /// The most a closure may allocate on the calling thread; built from [`Budget::new`] (no limit)
 /// or [`Budget::none`] (no allocation at all) by adding limits.
@@ -194,12 +194,16 @@ fn sites_of(log: SiteLog) -> Vec<AllocationSite> {
         return Vec::new();
     }
     for site in log.sites.iter() {
-        let totals = RawStackTotals {
-            alloc_objects: site.blocks as f64,
-            alloc_bytes: site.bytes as f64,
-            ..RawStackTotals::default()
-        };
-        stacks.push((site.start, site.len, totals));
+        stacks.push(RawStack {
+            start: site.start,
+            len: site.len,
+            span: 0,
+            totals: RawStackTotals {
+                alloc_objects: site.blocks as f64,
+                alloc_bytes: site.bytes as f64,
+                ..RawStackTotals::default()
+            },
+        });
     }
     let profile = crate::snapshot::profile_of_stacks(RawSnapshot {
         frames: log.frames,

@@ -112,10 +112,12 @@ mod tests {
                 Sample {
                     locations: vec![1, 0],
                     values: [1, 10, 1, 10],
+                    labels: Vec::new(),
                 },
                 Sample {
                     locations: vec![2],
                     values: [1, 20, 1, 20],
+                    labels: Vec::new(),
                 },
             ],
             locations: vec![inlined.clone(), shim, all_machinery],

@@ -474,6 +474,7 @@ mod tests {
             samples: vec![Sample {
                 locations: vec![0, 1],
                 values: [1, 1, 1, 1],
+                labels: Vec::new(),
             }],
             locations: vec![
                 Location {

@@ -6,12 +6,15 @@ use super::triggers::Reason;
 use crate::detect::{Suspect, Verdict};
 use crate::memory::MemoryReading;
 use crate::profile::{Profile, SampleType};
+use crate::spans::SpanTotal;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Call sites listed in a summary.
 const TOP_SITES: usize = 10;
+/// How many spans the summary and the report list.
+pub(crate) const TOP_SPANS: usize = 10;
 
 /// The `format` field of every summary this version writes.
 pub const SUMMARY_FORMAT: &str = "heapwatch-dump/1";
@@ -59,6 +62,10 @@ pub struct DumpSummary {
     pub sample_rate_bytes: u64,
     /// Call sites holding the most live memory (innermost frame), largest first.
     pub top_sites: Vec<TopSite>,
+    /// Live heap by tracing span, largest first ([`SpanLayer`](crate::spans)); empty when no
+    /// sampled allocation carried a span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_spans: Vec<SpanTotal>,
     /// The recent series, oldest first.
     pub series: Vec<SeriesPoint>,
     /// The leak detector's verdict when the dump was written.
@@ -186,6 +193,7 @@ impl DumpSummary {
             profiler_bytes: crate::table::profiler_stats().profiler_bytes,
             sample_rate_bytes: crate::sampler::sample_rate(),
             top_sites: top_sites(profile, TOP_SITES),
+            top_spans: top_spans(profile, TOP_SPANS),
             series,
             verdict: Some(verdict),
             suspects,
@@ -200,6 +208,14 @@ fn program_name() -> String {
         .map(PathBuf::from)
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default()
+}
+
+/// The spans holding the most live bytes (none when no sample carries a span).
+pub(crate) fn top_spans(profile: &Profile, count: usize) -> Vec<SpanTotal> {
+    let mut spans = crate::spans::by_span(profile);
+    spans.retain(|span| span.inuse_bytes > 0);
+    spans.truncate(count);
+    spans
 }
 
 /// The top sites of a profile by live bytes.

@@ -35,7 +35,7 @@ pub use config::{
 pub(crate) use dump::{is_served, read_served_file};
 pub use dump::{list_sets, read_summary, DumpSet, DUMP_PREFIX};
 #[cfg(feature = "http")]
-pub(crate) use dump_summary::top_sites;
+pub(crate) use dump_summary::{top_sites, top_spans, TOP_SPANS};
 pub use dump_summary::{
     DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT,
 };

@@ -45,8 +45,15 @@ pub fn previous_dump_report(dir: &Path) -> Option<String> {
             )
         },
     );
+    let span = summary.top_spans.first().map_or_else(String::new, |span| {
+        format!(
+            "; top span {} ({})",
+            span.span,
+            human_bytes(span.inuse_bytes)
+        )
+    });
     Some(format!(
-        "previous instance (pid {}) left a dump at {}: {}; {usage}; heap {}; {top}; files {}",
+        "previous instance (pid {}) left a dump at {}: {}; {usage}; heap {}; {top}{span}; files {}",
         summary.pid,
         summary.time,
         summary.reason_detail,

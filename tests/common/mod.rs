@@ -33,6 +33,9 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("http", cfg!(feature = "http")),
         ("axum", cfg!(feature = "axum")),
         ("cli", cfg!(feature = "cli")),
+        ("cached-unwinder", cfg!(feature = "cached-unwinder")),
+        ("tracing", cfg!(feature = "tracing")),
+        ("criterion", cfg!(feature = "criterion")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))

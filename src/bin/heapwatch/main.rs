@@ -72,6 +72,9 @@ enum Command {
         /// inuse_space, inuse_objects, alloc_space or alloc_objects.
         #[arg(long, default_value = "inuse_space")]
         sample: SampleType,
+        /// Root each stack at the tracing span it was allocated in (`heapwatch::SpanLayer`).
+        #[arg(long)]
+        by_span: bool,
     },
     /// A differential flamegraph of NEW against BASE, and the top growers in text. Each
     /// profile may take half the decode limit.
@@ -139,8 +142,12 @@ fn run(command: Command, limits: &DecodeLimits) -> Result<(), String> {
             file,
             output,
             sample,
+            by_span,
         } => {
-            let profile = load_with_samples(&file, sample, limits)?;
+            let mut profile = load_with_samples(&file, sample, limits)?;
+            if by_span {
+                profile = heapwatch::spans::rooted_at_spans(&profile);
+            }
             write_file(&output, |out| {
                 heapwatch::encode::write_flamegraph(&profile, sample, &title(&file), out)
             })?;
