@@ -57,6 +57,14 @@
 //! With the feature `criterion`, `heapwatch::bench` has criterion measurements of bytes and
 //! blocks per iteration and a heap profiler for `cargo bench -- --profile-time`.
 //!
+//! ## Heap by tracing span
+//!
+//! With the feature `tracing` (on by default), `SpanLayer` is a `tracing_subscriber` layer
+//! that tags each sampled allocation with the span it was made in (its name and the fields you
+//! select, such as `route`): pprof labels for `go tool pprof -tags`/`-tagfocus`, live heap by
+//! span in the report and the dumps, leak suspects with the span that grew, flamegraphs rooted
+//! at spans ([`spans::rooted_at_spans`]) and `heapwatch_heap_span_live_bytes`. See [`spans`].
+//!
 //! ## Outputs
 //!
 //! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),

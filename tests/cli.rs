@@ -229,6 +229,45 @@ fn flamegraph_of_a_go_profile_and_of_ours() {
     }
 }
 
+/// `flamegraph --by-span` roots each stack at its span's frame, read from the pprof labels.
+#[test]
+fn flamegraph_by_span_roots_stacks_at_their_span() {
+    use heapwatch::{Line, Location, Profile, Sample};
+    let dir = scratch("flame-by-span");
+    let sample = |location: usize, bytes: i64, route: &str| Sample {
+        locations: vec![location],
+        values: [1, bytes, 1, bytes],
+        labels: vec![
+            ("span".to_owned(), "request".to_owned()),
+            ("route".to_owned(), route.to_owned()),
+        ],
+    };
+    let location = |name: &str| Location {
+        lines: vec![Line {
+            function: name.into(),
+            ..Line::default()
+        }],
+        ..Location::default()
+    };
+    let profile = Profile {
+        locations: vec![location("app::export"), location("app::import")],
+        samples: vec![sample(0, 4096, "/export"), sample(1, 1024, "/import")],
+        ..Profile::default()
+    };
+    let file = dir.join("spans.pb.gz");
+    heapwatch::encode::write_pprof(&profile, std::fs::File::create(&file).unwrap()).unwrap();
+    let svg = dir.join("out.svg");
+    let (_, text) = heapwatch_svg(&["flamegraph", "--by-span", file.to_str().unwrap()], &svg);
+    for root in [
+        "span: request{route=/export}",
+        "span: request{route=/import}",
+    ] {
+        assert!(text.contains(root), "{root} not in the flamegraph by span");
+    }
+    let (_, plain) = heapwatch_svg(&["flamegraph", file.to_str().unwrap()], &svg);
+    assert!(!plain.contains("span: "), "without --by-span no span frame");
+}
+
 #[test]
 fn diff_names_the_grower() {
     let dir = scratch("diff");

@@ -6,6 +6,8 @@
 
 use super::tags::{self, Tag};
 use crate::thread_state;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -89,12 +91,46 @@ impl SpanLayer {
                 Some((field, value))
             })
             .collect();
-        let tag = tags::intern(Tag {
-            name,
-            fields: fields.clone(),
-        });
-        Tagged { tag, fields }
+        let tag = Tag { name, fields };
+        Tagged {
+            tag: intern_cached(&tag),
+            fields: tag.fields,
+        }
     }
+}
+
+/// Tags this thread interned lately: a span like one seen before (the common case: a route
+/// served again) is tagged without the process-wide lock. Cleared when full.
+const CACHED_TAGS: usize = 256;
+
+thread_local! {
+    static CACHE: RefCell<HashMap<Tag, u32>> = RefCell::new(HashMap::new());
+    /// The spans this thread is in, innermost last, each with its tag: leaving one gives the
+    /// thread the tag of the span now innermost, without looking it up in the registry.
+    static ENTERED: RefCell<Vec<(u64, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The id of `tag`, from this thread's cache or interned.
+fn intern_cached(tag: &Tag) -> u32 {
+    let cached = CACHE
+        .try_with(|cache| cache.borrow().get(tag).copied())
+        .ok()
+        .flatten();
+    if let Some(id) = cached {
+        return id;
+    }
+    let id = tags::intern(tag);
+    // The overflow tag is not cached: a later span may find room once the bound is raised.
+    if id != tags::OVERFLOW {
+        let _ = CACHE.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= CACHED_TAGS {
+                cache.clear();
+            }
+            cache.insert(tag.clone(), id);
+        });
+    }
+    id
 }
 
 /// What the layer keeps in a span's extensions.
@@ -169,12 +205,24 @@ where
         let Some(tagged) = extensions.get_mut::<Tagged>() else {
             return;
         };
-        let retagged = self.tag_of(span.name(), &own, Some(tagged));
-        let now_current = thread_state::span_tag() == tagged.tag;
-        *tagged = retagged;
-        if now_current {
-            thread_state::set_span_tag(tagged.tag);
-        }
+        *tagged = self.tag_of(span.name(), &own, Some(tagged));
+        let tag = tagged.tag;
+        // Where the span is entered on this thread, it carries its new tag from now on.
+        let _ = ENTERED.try_with(|entered| {
+            let mut entered = entered.borrow_mut();
+            for entry in entered
+                .iter_mut()
+                .filter(|(span, _)| *span == id.into_u64())
+            {
+                entry.1 = tag;
+            }
+            if entered
+                .last()
+                .is_some_and(|&(span, _)| span == id.into_u64())
+            {
+                thread_state::set_span_tag(tag);
+            }
+        });
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
@@ -183,16 +231,22 @@ where
             .extensions()
             .get::<Tagged>()
             .map_or(tags::NO_SPAN, |tagged| tagged.tag);
+        let _ = ENTERED.try_with(|entered| entered.borrow_mut().push((id.into_u64(), tag)));
         thread_state::set_span_tag(tag);
     }
 
-    fn on_exit(&self, _id: &Id, ctx: Context<'_, S>) {
-        // The registry has already left the span: the current one is the enclosing span.
-        let tag = ctx.lookup_current().map_or(tags::NO_SPAN, |span| {
-            span.extensions()
-                .get::<Tagged>()
-                .map_or(tags::NO_SPAN, |tagged| tagged.tag)
-        });
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        // As the registry does: the span leaves this thread's stack wherever it is in it (guards
+        // may be dropped out of order), and the innermost span left is current.
+        let tag = ENTERED
+            .try_with(|entered| {
+                let mut entered = entered.borrow_mut();
+                if let Some(at) = entered.iter().rposition(|&(span, _)| span == id.into_u64()) {
+                    entered.remove(at);
+                }
+                entered.last().map_or(tags::NO_SPAN, |&(_, tag)| tag)
+            })
+            .unwrap_or(tags::NO_SPAN);
         thread_state::set_span_tag(tag);
     }
 }

@@ -86,11 +86,11 @@ pub(crate) fn max_tags() -> usize {
 }
 
 /// The id of `tag`, interning it on first sight; [`OVERFLOW`] once the bound is reached.
-pub(crate) fn intern(tag: Tag) -> u32 {
+pub(crate) fn intern(tag: &Tag) -> u32 {
     let mut tags = lock();
     let Tags { ids, list } = &mut *tags;
     let ids = ids.get_or_insert_with(HashMap::new);
-    if let Some(&id) = ids.get(&tag) {
+    if let Some(&id) = ids.get(tag) {
         return id;
     }
     if list.len() >= max_tags() || list.len() >= (OVERFLOW - 1) as usize {
@@ -98,7 +98,7 @@ pub(crate) fn intern(tag: Tag) -> u32 {
     }
     list.push(tag.clone());
     let id = list.len() as u32;
-    ids.insert(tag, id);
+    ids.insert(tag.clone(), id);
     id
 }
 
@@ -151,10 +151,10 @@ mod tests {
 
     #[test]
     fn equal_tags_share_an_id_and_name_their_labels() {
-        let a = intern(tag("tags_test_request", "/a"));
-        let b = intern(tag("tags_test_request", "/b"));
+        let a = intern(&tag("tags_test_request", "/a"));
+        let b = intern(&tag("tags_test_request", "/b"));
         assert_ne!(a, b);
-        assert_eq!(intern(tag("tags_test_request", "/a")), a);
+        assert_eq!(intern(&tag("tags_test_request", "/a")), a);
         assert_eq!(
             labels(a),
             vec![

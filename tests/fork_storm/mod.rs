@@ -6,6 +6,10 @@
 //! [`CHILD_DEADLINE`] is hung: it is killed and counted (with gdb's backtrace when gdb is
 //! installed). The run passes with zero hung children and every child exiting 0.
 //!
+//! With feature `tracing`, `heapwatch::SpanLayer` is installed and one more thread creates
+//! spans with ever new field values (each interned under the span tags' lock) and allocates in
+//! them; each child creates a span of its own, allocates in it, and names its tags.
+//!
 //! Shared by `hostile_fork.rs` (over `System`) and `hostile_fork_jemalloc.rs` (over
 //! jemalloc): a test binary has one global allocator.
 
@@ -36,6 +40,13 @@ pub fn run(allocator: &str) -> i32 {
         StackCapture::Unwinder,
         StackCapture::FramePointers,
     ];
+    #[cfg(feature = "tracing")]
+    {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(heapwatch::SpanLayer::new().with_fields(["route"]))
+            .init();
+    }
     let mut failed = false;
     for mode in modes {
         heapwatch::set_stack_capture(mode);
@@ -69,6 +80,11 @@ fn storm() -> Outcome {
     {
         let renderer_stop = Arc::clone(&stop);
         churners.push(std::thread::spawn(move || render_metrics(&renderer_stop)));
+    }
+    #[cfg(feature = "tracing")]
+    {
+        let spans_stop = Arc::clone(&stop);
+        churners.push(std::thread::spawn(move || tag_spans(&spans_stop)));
     }
     // A block the parent sampled, for the children to free.
     let inherited = vec![7u8; 4096];
@@ -135,6 +151,19 @@ fn render_metrics(stop: &AtomicBool) {
     }
 }
 
+/// Creates spans with new field values (each interned under the span tags' lock) and allocates
+/// in them until told to stop.
+#[cfg(feature = "tracing")]
+fn tag_spans(stop: &AtomicBool) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let route = format!("/storm/{i}");
+        let span = tracing::info_span!("storm", route = route.as_str());
+        black_box(span.in_scope(|| vec![i as u8; 256]));
+    }
+}
+
 enum Child {
     Exited(i32),
     Hung,
@@ -172,6 +201,13 @@ fn child_body(inherited_ptr: usize, symbolize: bool) -> i32 {
         return 2;
     }
     drop(inherited);
+    // A new span: its tag is interned under the span tags' lock, which the parent's span thread
+    // may have held at the fork.
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::info_span!("child", route = "/child");
+        blocks.push(span.in_scope(|| vec![9u8; 5000]));
+    }
     if symbolize {
         // Names the stacks: takes the symbolizer's lock as well.
         let profile = heapwatch::snapshot();

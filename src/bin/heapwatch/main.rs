@@ -46,7 +46,7 @@ fn decode_limits(flag: Option<u64>) -> Result<DecodeLimits, String> {
 #[derive(Subcommand)]
 enum Command {
     /// List the dump sets in a directory: time, reason, usage against the limit, verdict, top
-    /// site — one line each, newest last.
+    /// site and top span (when allocations carried spans) — one line each, newest last.
     Ls {
         /// The dump directory.
         dir: PathBuf,
@@ -400,8 +400,15 @@ fn ls(dir: &Path) -> Result<(), String> {
                         format_value(t.inuse_bytes, SampleType::InuseSpace)
                     )
                 });
+                let span = s.top_spans.first().map_or(String::new(), |t| {
+                    format!(
+                        "  span {} ({})",
+                        t.span,
+                        format_value(t.inuse_bytes, SampleType::InuseSpace)
+                    )
+                });
                 println!(
-                    "{}  {:<10} {:<28} verdict {:<13} top {}  [{}]",
+                    "{}  {:<10} {:<28} verdict {:<13} top {}{span}  [{}]",
                     s.time, s.reason, usage, verdict, top, set.stem
                 );
             }
