@@ -20,7 +20,7 @@ pub(crate) const NO_SPAN: u32 = 0;
 /// The tag every span gets once [`max_tags`] distinct tags exist.
 pub(crate) const OVERFLOW: u32 = u32::MAX;
 
-/// The span name samples under [`OVERFLOW`] carry.
+/// The span name of samples whose span came once the bound on distinct tags was reached.
 pub const OVERFLOW_NAME: &str = "[heapwatch: span tags full]";
 
 /// The label key of a sample's span name in every profile.
