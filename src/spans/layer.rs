@@ -9,6 +9,7 @@ use crate::thread_state;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::Subscriber;
@@ -74,6 +75,13 @@ impl SpanLayer {
     /// The tag of a span named `name` whose own selected values are `own`, inheriting from
     /// `parent` what it does not record itself.
     fn tag_of(&self, name: &'static str, own: &Values, parent: Option<&Tagged>) -> Tagged {
+        if own.values.iter().all(Option::is_none) {
+            // Nothing of its own (an inner span: `db_query`, `parse`): the parent's fields,
+            // shared, and a tag found by name and parent tag, with no string compared.
+            let fields = parent.map_or_else(|| Fields::from([]), |p| Arc::clone(&p.fields));
+            let tag = inherited_tag(name, parent.map_or(tags::NO_SPAN, |p| p.tag), &fields);
+            return Tagged { tag, fields };
+        }
         let fields: Vec<(&'static str, String)> = self
             .fields
             .iter()
@@ -94,9 +102,44 @@ impl SpanLayer {
         let tag = Tag { name, fields };
         Tagged {
             tag: intern_cached(&tag),
-            fields: tag.fields,
+            fields: Fields::from(tag.fields),
         }
     }
+}
+
+/// A span's selected fields and their values, shared with the spans inside it that record none.
+type Fields = Arc<[(&'static str, String)]>;
+
+/// The tag of a span named `name` that records no selected field, inside a span tagged
+/// `parent_tag` whose fields are `fields`: found by the name's address and the parent's tag.
+fn inherited_tag(name: &'static str, parent_tag: u32, fields: &Fields) -> u32 {
+    // Under the overflow tag the parent's fields are not known from its tag: no shortcut.
+    let key = (name.as_ptr() as usize, name.len(), parent_tag);
+    let cached = (parent_tag != tags::OVERFLOW)
+        .then(|| {
+            INHERITED
+                .try_with(|cache| cache.borrow().get(&key).copied())
+                .ok()
+                .flatten()
+        })
+        .flatten();
+    if let Some(id) = cached {
+        return id;
+    }
+    let id = intern_cached(&Tag {
+        name,
+        fields: fields.to_vec(),
+    });
+    if id != tags::OVERFLOW && parent_tag != tags::OVERFLOW {
+        let _ = INHERITED.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= CACHED_TAGS {
+                cache.clear();
+            }
+            cache.insert(key, id);
+        });
+    }
+    id
 }
 
 /// Tags this thread interned lately: a span like one seen before (the common case: a route
@@ -105,6 +148,8 @@ const CACHED_TAGS: usize = 256;
 
 thread_local! {
     static CACHE: RefCell<HashMap<Tag, u32>> = RefCell::new(HashMap::new());
+    /// [`inherited_tag`]'s: by span name (its address and length) and parent tag.
+    static INHERITED: RefCell<HashMap<(usize, usize, u32), u32>> = RefCell::new(HashMap::new());
     /// The spans this thread is in, innermost last, each with its tag: leaving one gives the
     /// thread the tag of the span now innermost, without looking it up in the registry.
     static ENTERED: RefCell<Vec<(u64, u32)>> = const { RefCell::new(Vec::new()) };
@@ -137,7 +182,7 @@ fn intern_cached(tag: &Tag) -> u32 {
 struct Tagged {
     tag: u32,
     /// The selected fields' values it carries, its own and inherited.
-    fields: Vec<(&'static str, String)>,
+    fields: Fields,
 }
 
 /// The selected fields' values a span records, in the layer's order.
