@@ -68,6 +68,8 @@ mod alloc;
 #[cfg(feature = "criterion")]
 pub mod bench;
 mod counters;
+#[cfg(feature = "cpu")]
+pub mod cpu;
 pub mod decode;
 pub mod detect;
 mod early_wake;

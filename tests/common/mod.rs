@@ -33,6 +33,7 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("http", cfg!(feature = "http")),
         ("axum", cfg!(feature = "axum")),
         ("cli", cfg!(feature = "cli")),
+        ("cpu", cfg!(feature = "cpu")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
