@@ -60,7 +60,10 @@
 //! ## Outputs
 //!
 //! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),
-//! folded stacks, a flamegraph SVG (feature `flamegraph`) and a text summary.
+//! folded stacks, a flamegraph SVG (feature `flamegraph`), a text summary and Go's legacy text
+//! heap format. With the feature `cpu`, `heapwatch::cpu` takes CPU profiles (pprof-rs's
+//! sampler, heapwatch's names and encoder), which the listener serves at
+//! `/debug/pprof/profile?seconds=N`.
 
 #![warn(missing_docs)]
 

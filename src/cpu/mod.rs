@@ -15,8 +15,8 @@
 //! waiting. While no profile runs, nothing is installed and nothing is paid.
 
 mod convert;
-mod data;
-mod session;
+pub(crate) mod data;
+pub(crate) mod session;
 
 pub use data::{CpuProfile, CpuSample};
 pub use session::{profile, CpuProfileError, Reservation, SAMPLES_PER_SECOND};

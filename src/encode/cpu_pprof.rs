@@ -5,7 +5,7 @@
 //! which Go's profiles do not have: `go tool pprof -tagfocus=thread=worker` selects by it.
 
 use super::proto;
-use crate::cpu::CpuProfile;
+use crate::cpu::data::CpuProfile;
 use crate::profile::Line;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -172,7 +172,7 @@ impl Strings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::CpuSample;
+    use crate::cpu::data::CpuSample;
     use crate::profile::{Location, Mapping};
     use std::time::Duration;
 

@@ -1,13 +1,13 @@
 //! Go's legacy text heap format (`/debug/pprof/heap?debug=1`): a header of totals, one line per
 //! stack with its return addresses, each followed by `#` lines that name its frames for a
-//! person, and the memory map, from which `go tool pprof` (which reads this format as it reads
+//! person (fields separated by tabs), and the memory map, from which `go tool pprof` (which reads this format as it reads
 //! gperftools' heap profiles) finds the binaries to name the addresses.
 //!
 //! ```text
 //! heap profile: 3: 24576 [9: 73728] @ heapprofile
 //! 3: 24576 [9: 73728] @ 0x55d0c0a01235 0x55d0c0a00f11
-//! #	0x55d0c0a01234	app::cache::fill+0x0	src/cache.rs:40
-//! #	0x55d0c0a00f10	app::main+0x0	src/main.rs:12
+//! #  0x55d0c0a01234  app::cache::fill+0x0  src/cache.rs:40
+//! #  0x55d0c0a00f10  app::main+0x0  src/main.rs:12
 //!
 //! --- Memory map: ---
 //! 55d0c0a00000-55d0c0b00000 r-xp 00001000 00:00 0 /srv/app

@@ -1,8 +1,8 @@
 //! Encoders: a [`Profile`](crate::profile::Profile) in, a writer out: pprof, folded stacks,
 //! text top lists, Go's legacy text heap format, and every SVG heapwatch writes (flamegraphs,
-//! their differential, the placeholder without inferno, the timeline chart); and a
-//! [`CpuProfile`](crate::cpu::CpuProfile) as pprof (feature `cpu`). Each is plain data to bytes and never
-//! touches the allocator's state.
+//! their differential, the placeholder without inferno, the timeline chart); and a CPU profile
+//! as pprof (feature `cpu`). Each is plain data to bytes and never touches the allocator's
+//! state.
 
 #[cfg(feature = "cpu")]
 mod cpu_pprof;

@@ -43,7 +43,7 @@ pub(crate) struct Wait {
 
 enum WaitKind {
     #[cfg(feature = "cpu")]
-    Cpu(crate::cpu::Reservation),
+    Cpu(crate::cpu::session::Reservation),
     HeapDelta {
         _slot: HeapDeltaSlot,
         name: &'static str,
@@ -64,7 +64,7 @@ impl Wait {
                         Err(_) => Response::error(500),
                     }
                 }
-                Err(error @ crate::cpu::CpuProfileError::AlreadyRunning) => {
+                Err(error @ crate::cpu::session::CpuProfileError::AlreadyRunning) => {
                     Response::text(409, error.to_string())
                 }
                 Err(error) => Response::text(500, error.to_string()),
@@ -175,7 +175,7 @@ const DEFAULT_CPU_SECONDS: u64 = 30;
 
 #[cfg(feature = "cpu")]
 fn cpu_profile(seconds: u64) -> Answer {
-    match crate::cpu::Reservation::take() {
+    match crate::cpu::session::Reservation::take() {
         Ok(reservation) => Answer::Later(Wait {
             kind: WaitKind::Cpu(reservation),
             seconds,
@@ -231,6 +231,14 @@ mod tests {
         assert!(body.contains("together"), "{body}");
         assert_eq!(status(cpu("seconds=-1")).0, 400);
         assert_eq!(status(cpu("seconds=121")).0, 400);
+    }
+
+    #[cfg(not(feature = "cpu"))]
+    #[test]
+    fn cpu_profiles_are_501_without_the_feature() {
+        let (code, body) = status(cpu("seconds=5"));
+        assert_eq!(code, 501);
+        assert!(body.contains("feature `cpu`"), "{body}");
     }
 
     #[test]
