@@ -219,7 +219,10 @@ mod tests {
         // The function the address lies in is the location's last line (the first bytes of
         // a function may be code inlined into it).
         let location = &profile.locations[profile.samples[0].locations[0]];
-        let outer = location.lines.last().map_or("", |line| line.function.as_str());
+        let outer = location
+            .lines
+            .last()
+            .map_or("", |line| line.function.as_str());
         assert!(
             outer.ends_with("cpu::convert::tests::stacks_are_cut_below_the_handler_and_merged"),
             "{:?}",
