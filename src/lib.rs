@@ -68,7 +68,10 @@
 //! ## Outputs
 //!
 //! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),
-//! folded stacks, a flamegraph SVG (feature `flamegraph`) and a text summary.
+//! folded stacks, a flamegraph SVG (feature `flamegraph`), a text summary and Go's legacy text
+//! heap format. With the feature `cpu`, `heapwatch::cpu` takes CPU profiles (pprof-rs's
+//! sampler, heapwatch's names and encoder), which the listener serves at
+//! `/debug/pprof/profile?seconds=N`.
 
 #![warn(missing_docs)]
 
@@ -76,6 +79,8 @@ mod alloc;
 #[cfg(feature = "criterion")]
 pub mod bench;
 mod counters;
+#[cfg(feature = "cpu")]
+pub mod cpu;
 pub mod decode;
 pub mod detect;
 mod early_wake;

@@ -1,7 +1,8 @@
 //! The same pages as an axum `Router` (feature `axum`), for services that already run axum:
 //! `app.nest_service("/heapwatch", heapwatch::http::router())`.
 
-use super::routes::{respond_under, Context};
+use super::pprof_pages::Answer;
+use super::routes::{answer_under, Context};
 use axum::body::Body;
 use axum::extract::{NestedPath, Request};
 use axum::http::{header, Method, StatusCode};
@@ -11,7 +12,9 @@ use std::sync::Arc;
 /// A router serving every page of the built-in listener. The token (`HEAPWATCH_TOKEN`) is read
 /// when it is built; the dump directory listed is the running watch's, looked up at each
 /// request (`HEAPWATCH_DIR` or `./heapwatch-dumps` while no watch runs). Pages are rendered on
-/// the calling task; each takes milliseconds (a snapshot and an encoding).
+/// the calling task; each takes milliseconds (a snapshot and an encoding), except those that
+/// wait `?seconds=N` (a CPU profile, a heap delta), which wait on tokio's blocking pool
+/// (`spawn_blocking`), never on a runtime worker; one of each runs at a time, others get 409.
 ///
 /// Mount it with `nest_service`, which routes both `/heapwatch` and `/heapwatch/` to the index
 /// (axum's `nest` routes only `/heapwatch`: `/heapwatch/` never reaches the nested router, see
@@ -37,17 +40,20 @@ pub fn router() -> axum::Router {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             let base = link_base(parts.extensions.get::<NestedPath>());
-            let page = respond_under(
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path(), |target| target.as_str());
+            let page = match answer_under(
                 &context,
                 &base,
                 parts.method.as_str(),
-                // With the query: pages read options from it (`?by=span`).
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or(parts.uri.path(), |p| p.as_str()),
+                target,
                 authorization,
-            );
+            ) {
+                Answer::Now(page) => page,
+                Answer::Later(wait) => wait_off_the_runtime(wait).await,
+            };
             let mut response = Response::builder()
                 .status(
                     StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -78,5 +84,29 @@ fn link_base(nested: Option<&NestedPath>) -> String {
     match nested.map(NestedPath::as_str) {
         Some(prefix) if !prefix.contains('{') => format!("{}/", prefix.trim_end_matches('/')),
         _ => String::new(),
+    }
+}
+
+/// Waits on tokio's blocking pool, so the seconds a page waits hold no runtime worker; outside
+/// a tokio runtime (another executor), on a thread of its own.
+async fn wait_off_the_runtime(wait: super::pprof_pages::Wait) -> super::response::Response {
+    let failed = || super::response::Response::error(500);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(move || wait.wait())
+            .await
+            .unwrap_or_else(|_| failed()),
+        Err(_) => {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("heapwatch-pprof-wait".to_owned())
+                .spawn(move || {
+                    let _ = sender.send(wait.wait());
+                });
+            match spawned {
+                Ok(_) => receiver.await.unwrap_or_else(|_| failed()),
+                Err(_) => failed(),
+            }
+        }
     }
 }

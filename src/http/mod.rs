@@ -13,7 +13,8 @@
 //! |---|---|
 //! | `/` | an index page linking the others |
 //! | `/metrics` | Prometheus text (rendered by metrics-exporter-prometheus) |
-//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them |
+//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them; `?seconds=N`: what was allocated over the next N s (Go's delta profile); `?debug=1`: Go's legacy text format |
+//! | `/debug/pprof/profile?seconds=N` | a CPU profile of N s (default 30), gzipped pprof (feature `cpu`; 501 without it) |
 //! | `/debug/heap/flamegraph.svg` | the live heap |
 //! | `/debug/heap/diff.svg` | now against the baseline taken after warm-up |
 //! | `/debug/heap/report` | JSON: counters, cgroup, verdict, suspects |
@@ -27,10 +28,18 @@
 //! hold a worker: one thread reads requests and writes answers for every connection without
 //! blocking. Accept errors (the descriptor limit) pause accepting, 5 ms doubling to 1 s. Only
 //! GET and HEAD. See [`Limits`] and [`Server`].
+//!
+//! The pages that wait (`?seconds=N`, at most 120) run one CPU profile and one heap delta at a
+//! time; a second request while one runs is answered 409 at once, so two workers at most wait
+//! and the others keep serving. A worker rendering is under no deadline, so a 30 s profile is
+//! not cut; the 10 s to take the answer start once it is ready.
 
 #[cfg(feature = "axum")]
 mod axum_router;
 mod metrics_page;
+mod pprof_pages;
+mod query;
+mod response;
 mod routes;
 mod server;
 

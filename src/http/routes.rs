@@ -2,61 +2,12 @@
 //! status, content type and body out. The built-in listener and the axum router both call
 //! [`respond`].
 
+use super::pprof_pages::{self, Answer};
+pub use super::response::{reason_phrase, Response};
 use crate::profile::SampleType;
 use crate::watch::list_sets;
 use std::path::Path;
 use std::sync::OnceLock;
-
-/// A response to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    /// HTTP status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// `Content-Disposition` for downloads.
-    pub disposition: Option<String>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
-        Response {
-            status,
-            content_type,
-            disposition: None,
-            body: body.into(),
-        }
-    }
-
-    fn text(status: u16, body: impl Into<String>) -> Self {
-        let mut body = body.into();
-        body.push('\n');
-        Response::new(status, "text/plain; charset=utf-8", body)
-    }
-
-    fn error(status: u16) -> Self {
-        Response::text(status, reason_phrase(status))
-    }
-}
-
-/// The standard phrase of the statuses the server uses.
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
 
 /// What the pages need to know about their surroundings.
 #[derive(Debug, Clone)]
@@ -93,27 +44,39 @@ pub fn respond_under(
     path: &str,
     authorization: Option<&str>,
 ) -> Response {
+    answer_under(context, link_base, method, path, authorization).into_response()
+}
+
+/// [`respond_under`], with the pages that wait seconds (`?seconds=N`) left to wait: the axum
+/// router waits on a blocking thread, not on the task. `target` is the path with its query.
+pub(crate) fn answer_under(
+    context: &Context,
+    link_base: &str,
+    method: &str,
+    target: &str,
+    authorization: Option<&str>,
+) -> Answer {
     if method != "GET" && method != "HEAD" {
-        return Response::error(405);
+        return Answer::Now(Response::error(405));
     }
     if let Some(token) = &context.token {
         let given = authorization.and_then(bearer_credentials);
         if !given.is_some_and(|given| token_matches(given, token)) {
-            return Response::error(401);
+            return Answer::Now(Response::error(401));
         }
     }
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let path = path.split('#').next().unwrap_or("");
-    let query = query.split('#').next().unwrap_or("");
-    match path {
+    let target = target.split('#').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Answer::Now(match path {
         "/" => Response::new(200, "text/html; charset=utf-8", index(link_base)),
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             (context.metrics)(),
         ),
-        "/debug/pprof/heap" => pprof(SampleType::InuseSpace, "heap"),
-        "/debug/pprof/allocs" => pprof(SampleType::AllocSpace, "allocs"),
+        "/debug/pprof/heap" => return pprof_pages::heap(query, SampleType::InuseSpace, "heap"),
+        "/debug/pprof/allocs" => return pprof_pages::heap(query, SampleType::AllocSpace, "allocs"),
+        "/debug/pprof/profile" => return pprof_pages::cpu(query),
         "/debug/heap/flamegraph.svg" => svg(|out| {
             let profile = crate::snapshot::snapshot();
             if query.split('&').any(|pair| pair == "by=span") {
@@ -134,7 +97,7 @@ pub fn respond_under(
             Some(name) => dump_file(&dump_dir(context), name),
             None => Response::error(404),
         },
-    }
+    })
 }
 
 /// The context's directory, else the running watch's, else the default a watch would use.
@@ -168,20 +131,6 @@ fn token_matches(given: &str, token: &str) -> bool {
     let key = KEY.get_or_init(RandomState::new);
     let digests_differ = key.hash_one(given.as_bytes()) ^ key.hash_one(token.as_bytes());
     digests_differ == 0 && given == token
-}
-
-fn pprof(default: SampleType, name: &str) -> Response {
-    let mut profile = crate::snapshot::snapshot();
-    profile.default_sample_type = Some(default);
-    let mut body = Vec::new();
-    match crate::encode::write_pprof(&profile, &mut body) {
-        Ok(()) => {
-            let mut response = Response::new(200, "application/octet-stream", body);
-            response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
-            response
-        }
-        Err(_) => Response::error(500),
-    }
 }
 
 fn svg(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Response {
@@ -330,7 +279,8 @@ const INDEX: &str = r#"<!doctype html>
 <li><a href="{base}debug/heap/diff.svg">Differential flamegraph: now against the baseline</a></li>
 <li><a href="{base}debug/heap/report">Report</a> (JSON: counters, cgroup, verdict, suspects)</li>
 <li><a href="{base}debug/heap/dumps">Dump sets on disk</a> (each file downloadable by its listed name)</li>
-<li><a href="{base}debug/pprof/heap">{root}debug/pprof/heap</a> and <a href="{base}debug/pprof/allocs">{root}debug/pprof/allocs</a>: <code>go tool pprof http://HOST{root}debug/pprof/heap</code></li>
+<li><a href="{base}debug/pprof/heap">{root}debug/pprof/heap</a> and <a href="{base}debug/pprof/allocs">{root}debug/pprof/allocs</a>: <code>go tool pprof http://HOST{root}debug/pprof/heap</code>; <code>?seconds=N</code>: what was allocated over the next N seconds (N up to 120, one at a time); <a href="{base}debug/pprof/heap?debug=1">?debug=1</a>: Go's legacy text format</li>
+<li>{root}debug/pprof/profile?seconds=N: a CPU profile of N seconds (default 30, up to 120, one at a time; feature <code>cpu</code>): <code>go tool pprof http://HOST{root}debug/pprof/profile?seconds=10</code></li>
 <li><a href="{base}metrics">{root}metrics</a> (Prometheus)</li>
 </ul>
 </body></html>

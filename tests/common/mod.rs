@@ -36,6 +36,7 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("cached-unwinder", cfg!(feature = "cached-unwinder")),
         ("tracing", cfg!(feature = "tracing")),
         ("criterion", cfg!(feature = "criterion")),
+        ("cpu", cfg!(feature = "cpu")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))

@@ -1,0 +1,257 @@
+//! Go's pprof endpoints as Go's `net/http/pprof` serves them: `/debug/pprof/heap` and
+//! `/debug/pprof/allocs` (a profile now; `?seconds=N`, what was allocated over the next N
+//! seconds; `?debug=1`, the legacy text format) and `/debug/pprof/profile?seconds=N` (a CPU
+//! profile, feature `cpu`).
+//!
+//! The pages that wait seconds are bounded so they cannot take every worker of the built-in
+//! listener (4) from `/metrics` and the other pages: one CPU profile at a time (the sampler is
+//! process-wide anyway) and one heap delta at a time; a request while one runs is answered at
+//! once, 409 Conflict, with a body that says so. A page that waits is split from the request's
+//! parsing ([`Answer::Later`]), so the axum router can wait on a blocking thread and never on
+//! a runtime worker.
+
+use super::query::{parse, PprofQuery};
+use super::response::Response;
+use crate::profile::SampleType;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// A request's answer: ready now, or after a wait of seconds.
+pub(crate) enum Answer {
+    /// Ready.
+    Now(Response),
+    /// Ready once [`Wait::wait`] has waited.
+    Later(Wait),
+}
+
+impl Answer {
+    /// The response, waiting on the calling thread if it has to.
+    pub(crate) fn into_response(self) -> Response {
+        match self {
+            Answer::Now(response) => response,
+            Answer::Later(wait) => wait.wait(),
+        }
+    }
+}
+
+/// A page that waits, with its claim on the one slot of its kind: the claim is taken when the
+/// request is parsed, so a second request is refused before anything waits.
+pub(crate) struct Wait {
+    kind: WaitKind,
+    seconds: u64,
+}
+
+enum WaitKind {
+    #[cfg(feature = "cpu")]
+    Cpu(crate::cpu::session::Reservation),
+    HeapDelta {
+        _slot: HeapDeltaSlot,
+        name: &'static str,
+    },
+}
+
+impl Wait {
+    /// Waits the request's seconds and renders the page.
+    pub(crate) fn wait(self) -> Response {
+        let window = Duration::from_secs(self.seconds);
+        match self.kind {
+            #[cfg(feature = "cpu")]
+            WaitKind::Cpu(reservation) => match reservation.profile(window) {
+                Ok(profile) => {
+                    let mut body = Vec::new();
+                    match crate::encode::write_cpu_pprof(&profile, &mut body) {
+                        Ok(()) => download(body, "profile"),
+                        Err(_) => Response::error(500),
+                    }
+                }
+                Err(error @ crate::cpu::session::CpuProfileError::AlreadyRunning) => {
+                    Response::text(409, error.to_string())
+                }
+                Err(error) => Response::text(500, error.to_string()),
+            },
+            WaitKind::HeapDelta { _slot, name } => {
+                // Go's delta profile: the alloc_* figures of the window (what was allocated
+                // in it), the in-use figures as of its end.
+                let earlier = crate::snapshot::snapshot();
+                std::thread::sleep(window);
+                let delta = crate::snapshot::snapshot().allocated_since(&earlier);
+                pprof(&delta, name)
+            }
+        }
+    }
+}
+
+/// The one heap delta running, released when dropped.
+struct HeapDeltaSlot;
+
+static HEAP_DELTA_RUNNING: AtomicBool = AtomicBool::new(false);
+
+impl HeapDeltaSlot {
+    fn take() -> Option<HeapDeltaSlot> {
+        HEAP_DELTA_RUNNING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| HeapDeltaSlot)
+    }
+}
+
+impl Drop for HeapDeltaSlot {
+    fn drop(&mut self) {
+        HEAP_DELTA_RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// `/debug/pprof/heap` (`default`: inuse_space) or `/debug/pprof/allocs` (alloc_space), with
+/// the request's query.
+pub(crate) fn heap(query: &str, default: SampleType, name: &'static str) -> Answer {
+    let query = match parse(query) {
+        Ok(query) => query,
+        Err(why) => return Answer::Now(Response::text(400, why)),
+    };
+    match query {
+        PprofQuery {
+            seconds: Some(_),
+            debug: 1..,
+        } => Answer::Now(Response::text(
+            400,
+            "seconds and debug cannot be given together: a delta profile is pprof protobuf only (as Go's)",
+        )),
+        PprofQuery {
+            seconds: Some(seconds),
+            ..
+        } => match HeapDeltaSlot::take() {
+            Some(slot) => Answer::Later(Wait {
+                kind: WaitKind::HeapDelta { _slot: slot, name },
+                seconds,
+            }),
+            None => Answer::Now(Response::text(
+                409,
+                "a heap delta profile (?seconds=) is already being taken; one runs at a time, try again when it ends",
+            )),
+        },
+        PprofQuery { debug: 1.., .. } => {
+            let mut profile = crate::snapshot::snapshot();
+            // `go tool pprof`, fetching over HTTP, names each listed object from its file, and
+            // asks `/debug/pprof/symbol` (Go's symbolz, a POST heapwatch does not serve) for
+            // any it cannot name so (a stripped system library), failing when refused. Objects
+            // other than the executable are therefore listed as `[libc.so.6]`, a name pprof
+            // knows not to symbolize (as `[vdso]`): their frames read as the object's name.
+            let executable = std::env::current_exe().ok();
+            for mapping in &mut profile.mappings {
+                let path = std::path::Path::new(&mapping.path);
+                if executable.as_deref() != Some(path) {
+                    let name = path.file_name().map_or_else(
+                        || mapping.path.clone(),
+                        |name| name.to_string_lossy().into_owned(),
+                    );
+                    mapping.path = format!("[{name}]");
+                }
+            }
+            let mut body = Vec::new();
+            match crate::encode::write_legacy_heap(&profile, &mut body) {
+                Ok(()) => Answer::Now(Response::new(200, "text/plain; charset=utf-8", body)),
+                Err(_) => Answer::Now(Response::error(500)),
+            }
+        }
+        PprofQuery { .. } => {
+            let mut profile = crate::snapshot::snapshot();
+            profile.default_sample_type = Some(default);
+            Answer::Now(pprof(&profile, name))
+        }
+    }
+}
+
+/// `/debug/pprof/profile?seconds=N` (default 30, as Go's): a CPU profile.
+pub(crate) fn cpu(query: &str) -> Answer {
+    let query = match parse(query) {
+        Ok(query) => query,
+        Err(why) => return Answer::Now(Response::text(400, why)),
+    };
+    cpu_profile(query.seconds.unwrap_or(DEFAULT_CPU_SECONDS))
+}
+
+/// Go's default length of a CPU profile.
+const DEFAULT_CPU_SECONDS: u64 = 30;
+
+#[cfg(feature = "cpu")]
+fn cpu_profile(seconds: u64) -> Answer {
+    match crate::cpu::session::Reservation::take() {
+        Ok(reservation) => Answer::Later(Wait {
+            kind: WaitKind::Cpu(reservation),
+            seconds,
+        }),
+        Err(error) => Answer::Now(Response::text(409, error.to_string())),
+    }
+}
+
+#[cfg(not(feature = "cpu"))]
+fn cpu_profile(_seconds: u64) -> Answer {
+    Answer::Now(Response::text(
+        501,
+        "CPU profiles are off: heapwatch was built without its feature `cpu`",
+    ))
+}
+
+fn pprof(profile: &crate::profile::Profile, name: &str) -> Response {
+    let mut body = Vec::new();
+    match crate::encode::write_pprof(profile, &mut body) {
+        Ok(()) => download(body, name),
+        Err(_) => Response::error(500),
+    }
+}
+
+/// A gzipped pprof answer, named `<name>.pb.gz` when saved.
+fn download(body: Vec<u8>, name: &str) -> Response {
+    let mut response = Response::new(200, "application/octet-stream", body);
+    response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(answer: Answer) -> (u16, String) {
+        match answer {
+            Answer::Now(response) => (
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            ),
+            Answer::Later(_) => (0, "waits".to_owned()),
+        }
+    }
+
+    #[test]
+    fn bad_queries_are_refused_before_anything_waits() {
+        let (code, body) = status(heap("seconds=abc", SampleType::InuseSpace, "heap"));
+        assert_eq!(code, 400);
+        assert!(body.contains("seconds=abc"), "{body}");
+        let (code, body) = status(heap("seconds=2&debug=1", SampleType::InuseSpace, "heap"));
+        assert_eq!(code, 400);
+        assert!(body.contains("together"), "{body}");
+        assert_eq!(status(cpu("seconds=-1")).0, 400);
+        assert_eq!(status(cpu("seconds=121")).0, 400);
+    }
+
+    #[cfg(not(feature = "cpu"))]
+    #[test]
+    fn cpu_profiles_are_501_without_the_feature() {
+        let (code, body) = status(cpu("seconds=5"));
+        assert_eq!(code, 501);
+        assert!(body.contains("feature `cpu`"), "{body}");
+    }
+
+    #[test]
+    fn one_heap_delta_at_a_time() {
+        let first = heap("seconds=1", SampleType::AllocSpace, "allocs");
+        assert!(matches!(first, Answer::Later(_)));
+        let (code, body) = status(heap("seconds=1", SampleType::InuseSpace, "heap"));
+        assert_eq!(code, 409);
+        assert!(body.contains("already"), "{body}");
+        drop(first);
+        assert!(matches!(
+            heap("seconds=1", SampleType::InuseSpace, "heap"),
+            Answer::Later(_)
+        ));
+    }
+}
