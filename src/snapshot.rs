@@ -62,34 +62,68 @@ pub(crate) fn profile_of_stacks(raw: RawSnapshot) -> Profile {
     profile
 }
 
-/// Names the addresses of `raw` and adds its stacks to `profile` as samples.
-fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
-    let addresses = symbolize::code_addresses(&raw.frames);
-    let (modules, named) = symbolize::symbolize(&addresses);
+/// The code at some return addresses, named: the loaded objects they lie in, one location per
+/// code address, and where each address's location is.
+pub(crate) struct NamedCode {
+    pub mappings: Vec<Mapping>,
+    pub locations: Vec<Location>,
+    /// By code address (see [`symbolize::code_address`]), the index into `locations`.
+    pub location_of_address: HashMap<u64, usize>,
+}
 
+impl NamedCode {
+    /// The locations of a stack of return addresses, innermost first.
+    pub(crate) fn stack(&self, return_addresses: &[usize]) -> Vec<usize> {
+        return_addresses
+            .iter()
+            .filter_map(|&ip| symbolize::code_address(ip))
+            .filter_map(|address| self.location_of_address.get(&address).copied())
+            .collect()
+    }
+}
+
+/// Names the code at `return_addresses` (of any number of stacks, concatenated): what the heap
+/// snapshot and the CPU profile share.
+pub(crate) fn name_code(return_addresses: &[usize]) -> NamedCode {
+    let addresses = symbolize::code_addresses(return_addresses);
+    let (modules, named) = symbolize::symbolize(&addresses);
+    let mut code = NamedCode {
+        mappings: Vec::new(),
+        locations: Vec::with_capacity(addresses.len()),
+        location_of_address: HashMap::with_capacity(addresses.len()),
+    };
     let mut mapping_of_module = vec![None; modules.len()];
-    let mut location_of_address = HashMap::with_capacity(addresses.len());
     for (address, frame) in addresses.iter().zip(named) {
-        let mapping = frame.module.map(|m| {
-            *mapping_of_module[m].get_or_insert_with(|| {
-                let module = &modules[m];
-                profile.mappings.push(Mapping {
+        let mapping = frame.module.and_then(|m| {
+            let module = modules.get(m)?;
+            Some(*mapping_of_module[m].get_or_insert_with(|| {
+                code.mappings.push(Mapping {
                     memory_start: module.start,
                     memory_limit: module.limit,
                     file_offset: module.file_offset,
                     path: module.path.clone(),
                     build_id: module.build_id.clone(),
                 });
-                profile.mappings.len() - 1
-            })
+                code.mappings.len() - 1
+            }))
         });
-        location_of_address.insert(*address, profile.locations.len());
-        profile.locations.push(Location {
+        code.location_of_address
+            .insert(*address, code.locations.len());
+        code.locations.push(Location {
             address: *address,
             mapping,
             lines: frame.lines,
         });
     }
+    code
+}
+
+/// Names the addresses of `raw` and adds its stacks to `profile` as samples.
+fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
+    let mut code = name_code(&raw.frames);
+    // A profile built here starts without code of its own.
+    profile.mappings = std::mem::take(&mut code.mappings);
+    profile.locations = std::mem::take(&mut code.locations);
 
     let mut overflow_location = None;
     let mut labels_of_span = HashMap::new();
@@ -104,12 +138,7 @@ fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
             // Only in a thread's snapshot: a stack with nothing of that thread's live.
             continue;
         }
-        let frames = &raw.frames[start as usize..(start + len) as usize];
-        let mut locations: Vec<usize> = frames
-            .iter()
-            .filter_map(|&ip| symbolize::code_address(ip))
-            .filter_map(|address| location_of_address.get(&address).copied())
-            .collect();
+        let mut locations = code.stack(&raw.frames[start as usize..(start + len) as usize]);
         if len == 0 && raw.overflowed {
             let index = *overflow_location.get_or_insert_with(|| {
                 profile.locations.push(Location {

@@ -5,7 +5,7 @@
 //! time spent in std's code is the program's).
 
 use crate::cpu::data::{CpuProfile, CpuSample};
-use crate::profile::{Location, Mapping};
+use crate::profile::Location;
 use std::collections::HashMap;
 
 /// One stack as pprof-rs recorded it.
@@ -26,39 +26,14 @@ pub(crate) fn profile_of(stacks: Vec<RawStack>) -> CpuProfile {
         .iter()
         .flat_map(|stack| stack.return_addresses.iter().copied())
         .collect();
-    let addresses = crate::symbolize::code_addresses(&all);
-    let (modules, named) = crate::symbolize::symbolize(&addresses);
-    let mut profile = CpuProfile::default();
-    let mut mapping_of_module = vec![None; modules.len()];
-    let mut location_of_address = HashMap::with_capacity(addresses.len());
-    for (&address, frame) in addresses.iter().zip(named) {
-        let mapping = frame.module.and_then(|m| {
-            let module = modules.get(m)?;
-            Some(*mapping_of_module[m].get_or_insert_with(|| {
-                profile.mappings.push(Mapping {
-                    memory_start: module.start,
-                    memory_limit: module.limit,
-                    file_offset: module.file_offset,
-                    path: module.path.clone(),
-                    build_id: module.build_id.clone(),
-                });
-                profile.mappings.len() - 1
-            }))
-        });
-        location_of_address.insert(address, profile.locations.len());
-        profile.locations.push(Location {
-            address,
-            mapping,
-            lines: frame.lines,
-        });
-    }
+    let mut code = crate::snapshot::name_code(&all);
+    let mut profile = CpuProfile {
+        mappings: std::mem::take(&mut code.mappings),
+        locations: std::mem::take(&mut code.locations),
+        ..CpuProfile::default()
+    };
     let stacks = stacks.into_iter().map(|stack| {
-        let locations: Vec<usize> = stack
-            .return_addresses
-            .iter()
-            .filter_map(|&ip| crate::symbolize::code_address(ip))
-            .filter_map(|address| location_of_address.get(&address).copied())
-            .collect();
+        let locations = code.stack(&stack.return_addresses);
         (stack.thread, locations, stack.count)
     });
     merge_below_handler(&mut profile, stacks);

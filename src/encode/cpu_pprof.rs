@@ -4,18 +4,17 @@
 //! take it for a Go CPU profile. Each sample also carries a `thread` label (the thread's name),
 //! which Go's profiles do not have: `go tool pprof -tagfocus=thread=worker` selects by it.
 
+use super::pprof::{write_code, StringTable};
 use super::proto;
 use crate::cpu::data::CpuProfile;
-use crate::profile::Line;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 /// Builds the protobuf message (uncompressed) for a CPU profile.
 pub fn to_cpu_pprof(profile: &CpuProfile) -> proto::Profile {
-    let mut strings = Strings::default();
+    let mut strings = StringTable::default();
     let period = profile.period_nanos();
     let mut out = proto::Profile {
         sample_type: vec![
@@ -33,51 +32,12 @@ pub fn to_cpu_pprof(profile: &CpuProfile) -> proto::Profile {
         env!("CARGO_PKG_VERSION"),
         profile.samples_per_second
     )));
-    for (index, mapping) in profile.mappings.iter().enumerate() {
-        // What heapwatch named in this object, so pprof tools name locally only the rest.
-        let lines = || {
-            profile
-                .locations
-                .iter()
-                .filter(move |l| l.mapping == Some(index))
-                .flat_map(|l| l.lines.iter())
-        };
-        let has_lines = lines().any(|line| line.line > 0);
-        out.mapping.push(proto::Mapping {
-            id: index as u64 + 1,
-            memory_start: mapping.memory_start,
-            memory_limit: mapping.memory_limit,
-            file_offset: mapping.file_offset,
-            filename: strings.id(&mapping.path),
-            build_id: strings.id(&mapping.build_id),
-            has_functions: lines().next().is_some(),
-            has_filenames: has_lines,
-            has_line_numbers: has_lines,
-            has_inline_frames: profile
-                .locations
-                .iter()
-                .any(|l| l.mapping == Some(index) && l.lines.len() > 1),
-        });
-    }
-    let mut functions: HashMap<(&str, &str, Option<&str>), u64> = HashMap::new();
-    for (index, location) in profile.locations.iter().enumerate() {
-        let lines = location
-            .lines
-            .iter()
-            .map(|line| proto::Line {
-                function_id: function_id(line, &mut functions, &mut out, &mut strings),
-                line: i64::from(line.line),
-                column: 0,
-            })
-            .collect();
-        out.location.push(proto::Location {
-            id: index as u64 + 1,
-            mapping_id: location.mapping.map_or(0, |m| m as u64 + 1),
-            address: location.address,
-            line: lines,
-            is_folded: false,
-        });
-    }
+    write_code(
+        &profile.mappings,
+        &profile.locations,
+        &mut strings,
+        &mut out,
+    );
     let thread_key = strings.id("thread");
     for sample in &profile.samples {
         let count = i64::try_from(sample.count).unwrap_or(i64::MAX);
@@ -91,33 +51,8 @@ pub fn to_cpu_pprof(profile: &CpuProfile) -> proto::Profile {
             }],
         });
     }
-    out.string_table = strings.table;
+    out.string_table = strings.into_table();
     out
-}
-
-/// The id of `line`'s function, added to the profile on first use.
-fn function_id<'a>(
-    line: &'a Line,
-    functions: &mut HashMap<(&'a str, &'a str, Option<&'a str>), u64>,
-    out: &mut proto::Profile,
-    strings: &mut Strings,
-) -> u64 {
-    let key = (
-        line.function.as_str(),
-        line.system_name.as_str(),
-        line.file.as_deref(),
-    );
-    let next_id = functions.len() as u64 + 1;
-    *functions.entry(key).or_insert_with(|| {
-        out.function.push(proto::Function {
-            id: next_id,
-            name: strings.id(&line.function),
-            system_name: strings.id(&line.system_name),
-            filename: line.file.as_deref().map_or(0, |file| strings.id(file)),
-            start_line: 0,
-        });
-        next_id
-    })
 }
 
 /// Writes a CPU profile as gzip-compressed pprof protobuf, as Go's `/debug/pprof/profile`
@@ -135,45 +70,11 @@ pub fn write_cpu_pprof<W: Write>(profile: &CpuProfile, writer: W) -> io::Result<
     encoder.finish()?.flush()
 }
 
-/// The string table: entry 0 is "" (pprof requires it), each string once.
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Default for Strings {
-    fn default() -> Self {
-        Strings {
-            table: vec![String::new()],
-            index: HashMap::from([(String::new(), 0)]),
-        }
-    }
-}
-
-impl Strings {
-    fn id(&mut self, text: &str) -> i64 {
-        if let Some(&id) = self.index.get(text) {
-            return id;
-        }
-        self.table.push(text.to_owned());
-        let id = self.table.len() as i64 - 1;
-        self.index.insert(text.to_owned(), id);
-        id
-    }
-
-    fn value_type(&mut self, r#type: &str, unit: &str) -> proto::ValueType {
-        proto::ValueType {
-            r#type: self.id(r#type),
-            unit: self.id(unit),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::data::CpuSample;
-    use crate::profile::{Location, Mapping};
+    use crate::profile::{Line, Location, Mapping};
     use std::time::Duration;
 
     fn named(function: &str) -> Location {

@@ -3,7 +3,7 @@
 //! Go writes and mappings carrying build ids for offline symbolization.
 
 use super::proto;
-use crate::profile::{Profile, SampleType};
+use crate::profile::{Location, Mapping, Profile, SampleType};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
@@ -39,71 +39,12 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         profile.sample_rate_bytes
     )));
 
-    // Per mapping, so that pprof tools symbolize locally only the objects we could not name.
-    for (index, mapping) in profile.mappings.iter().enumerate() {
-        let mut has_functions = false;
-        let mut has_lines = false;
-        let mut has_inline = false;
-        for location in profile
-            .locations
-            .iter()
-            .filter(|l| l.mapping == Some(index))
-        {
-            has_functions |= !location.lines.is_empty();
-            has_lines |= location.lines.iter().any(|line| line.line > 0);
-            has_inline |= location.lines.len() > 1;
-        }
-        out.mapping.push(proto::Mapping {
-            id: index as u64 + 1,
-            memory_start: mapping.memory_start,
-            memory_limit: mapping.memory_limit,
-            file_offset: mapping.file_offset,
-            filename: strings.id(&mapping.path),
-            build_id: strings.id(&mapping.build_id),
-            has_functions,
-            has_filenames: has_lines,
-            has_line_numbers: has_lines,
-            has_inline_frames: has_inline,
-        });
-    }
-
-    let mut function_ids: HashMap<(&str, &str, Option<&str>), u64> = HashMap::new();
-    for (index, location) in profile.locations.iter().enumerate() {
-        let mut lines = Vec::with_capacity(location.lines.len());
-        for line in &location.lines {
-            let key = (
-                line.function.as_str(),
-                line.system_name.as_str(),
-                line.file.as_deref(),
-            );
-            let next_id = function_ids.len() as u64 + 1;
-            let function_id = *function_ids.entry(key).or_insert_with(|| {
-                // pprof takes a `name` equal to its `system_name` for a mangled C++ name and
-                // "simplifies" it (`<F as Handler>::call` became `::call`); the raw symbol as
-                // `system_name` keeps the readable `name` as written.
-                out.function.push(proto::Function {
-                    id: next_id,
-                    name: strings.id(&line.function),
-                    system_name: strings.id(&line.system_name),
-                    filename: line.file.as_deref().map_or(0, |f| strings.id(f)),
-                    start_line: 0,
-                });
-                next_id
-            });
-            lines.push(proto::Line {
-                function_id,
-                line: i64::from(line.line),
-                column: 0,
-            });
-        }
-        out.location.push(proto::Location {
-            id: index as u64 + 1,
-            mapping_id: location.mapping.map_or(0, |m| m as u64 + 1),
-            address: location.address,
-            line: lines,
-            is_folded: false,
-        });
-    }
+    write_code(
+        &profile.mappings,
+        &profile.locations,
+        &mut strings,
+        &mut out,
+    );
 
     for sample in &profile.samples {
         out.sample.push(proto::Sample {
@@ -142,15 +83,86 @@ pub fn write_pprof<W: Write>(profile: &Profile, writer: W) -> io::Result<()> {
     encoder.finish()?.flush()
 }
 
-/// pprof's string table: index 0 is always "".
+/// Writes the mappings, functions and locations of a profile's code into `out`: shared by the
+/// heap and the CPU encoders, which differ only in their samples.
+pub(super) fn write_code(
+    mappings: &[Mapping],
+    locations: &[Location],
+    strings: &mut StringTable,
+    out: &mut proto::Profile,
+) {
+    // Per mapping, so that pprof tools symbolize locally only the objects we could not name.
+    for (index, mapping) in mappings.iter().enumerate() {
+        let mut has_functions = false;
+        let mut has_lines = false;
+        let mut has_inline = false;
+        for location in locations.iter().filter(|l| l.mapping == Some(index)) {
+            has_functions |= !location.lines.is_empty();
+            has_lines |= location.lines.iter().any(|line| line.line > 0);
+            has_inline |= location.lines.len() > 1;
+        }
+        out.mapping.push(proto::Mapping {
+            id: index as u64 + 1,
+            memory_start: mapping.memory_start,
+            memory_limit: mapping.memory_limit,
+            file_offset: mapping.file_offset,
+            filename: strings.id(&mapping.path),
+            build_id: strings.id(&mapping.build_id),
+            has_functions,
+            has_filenames: has_lines,
+            has_line_numbers: has_lines,
+            has_inline_frames: has_inline,
+        });
+    }
+
+    let mut function_ids: HashMap<(&str, &str, Option<&str>), u64> = HashMap::new();
+    for (index, location) in locations.iter().enumerate() {
+        let mut lines = Vec::with_capacity(location.lines.len());
+        for line in &location.lines {
+            let key = (
+                line.function.as_str(),
+                line.system_name.as_str(),
+                line.file.as_deref(),
+            );
+            let next_id = function_ids.len() as u64 + 1;
+            let function_id = *function_ids.entry(key).or_insert_with(|| {
+                // pprof takes a `name` equal to its `system_name` for a mangled C++ name and
+                // "simplifies" it (`<F as Handler>::call` became `::call`); the raw symbol as
+                // `system_name` keeps the readable `name` as written.
+                out.function.push(proto::Function {
+                    id: next_id,
+                    name: strings.id(&line.function),
+                    system_name: strings.id(&line.system_name),
+                    filename: line.file.as_deref().map_or(0, |f| strings.id(f)),
+                    start_line: 0,
+                });
+                next_id
+            });
+            lines.push(proto::Line {
+                function_id,
+                line: i64::from(line.line),
+                column: 0,
+            });
+        }
+        out.location.push(proto::Location {
+            id: index as u64 + 1,
+            mapping_id: location.mapping.map_or(0, |m| m as u64 + 1),
+            address: location.address,
+            line: lines,
+            is_folded: false,
+        });
+    }
+}
+
+/// pprof's string table: entry 0 is "", each string once.
 #[derive(Default)]
-struct StringTable {
+pub(super) struct StringTable {
     ids: HashMap<String, i64>,
     table: Vec<String>,
 }
 
 impl StringTable {
-    fn id(&mut self, text: &str) -> i64 {
+    pub(super) fn id(&mut self, text: &str) -> i64 {
         if self.table.is_empty() {
             self.table.push(String::new());
             self.ids.insert(String::new(), 0);
@@ -164,7 +176,16 @@ impl StringTable {
         id
     }
 
-    fn into_table(mut self) -> Vec<String> {
+    /// A sample or period type.
+    #[cfg_attr(not(feature = "cpu"), allow(dead_code))] // the CPU encoder's
+    pub(super) fn value_type(&mut self, r#type: &str, unit: &str) -> proto::ValueType {
+        proto::ValueType {
+            r#type: self.id(r#type),
+            unit: self.id(unit),
+        }
+    }
+
+    pub(super) fn into_table(mut self) -> Vec<String> {
         self.id("");
         self.table
     }

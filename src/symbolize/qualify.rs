@@ -106,9 +106,13 @@ pub(crate) fn closure_path<'a>(
     for name in outer {
         let mut found: Option<&str> = None;
         for (at, _) in name.match_indices(&needle) {
+            // Past the last character that cannot be in a path (which may be several bytes
+            // long: hostile names are not ASCII).
             let start = name[..at]
-                .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | ':' | '{' | '}' | '#')))
-                .map_or(0, |before| before + 1);
+                .char_indices()
+                .rev()
+                .find(|&(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | ':' | '{' | '}' | '#')))
+                .map_or(0, |(before, c)| before + c.len_utf8());
             let path = &name[start..at];
             if !in_module(path) {
                 continue;
@@ -323,6 +327,17 @@ mod tests {
         );
         assert_eq!(closure_path("{closure#0}", "orders", [adapter, fold]), None);
         assert_eq!(closure_path("{closure#0}", "source", [adapter]), None);
+        // A character of several bytes just before the path (the hostile DWARF test found a
+        // panic on a byte index inside '\u{fffd}').
+        assert_eq!(
+            closure_path(
+                "{closure#0}",
+                "orders",
+                ["map<\u{fffd}orders::main::{closure_env#0}>"]
+            )
+            .map(|(_, system)| system),
+            Some("orders::main::{closure#0}".to_owned())
+        );
         // Async bodies, closures in closures and in impl blocks.
         assert_eq!(
             closure_path(
