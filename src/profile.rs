@@ -280,10 +280,28 @@ impl Profile {
         plumbing: &crate::plumbing::Plumbing,
     ) -> Vec<FunctionTotal> {
         let names = FunctionNames::of(self);
-        let is_plumbing: Vec<bool> = names.names.iter().map(|n| plumbing.contains(n)).collect();
-        self.totals(&names, sample_type, |stack| {
-            stack.iter().position(|&id| !is_plumbing[id]).unwrap_or(0)
-        })
+        let is_plumbing = names.plumbing(plumbing);
+        self.totals(&names, sample_type, |stack| culprit_at(stack, &is_plumbing))
+    }
+
+    /// Each sample's culprit, as [`culprits`](Self::culprits) names it, in the order of
+    /// [`samples`](Self::samples); `None` for a sample without frames.
+    pub(crate) fn sample_culprits(
+        &self,
+        plumbing: &crate::plumbing::Plumbing,
+    ) -> Vec<Option<String>> {
+        let names = FunctionNames::of(self);
+        let is_plumbing = names.plumbing(plumbing);
+        let mut stack = Vec::new();
+        self.samples
+            .iter()
+            .map(|sample| {
+                stack.clear();
+                stack.extend(names.stack(sample));
+                let id = stack.get(culprit_at(&stack, &is_plumbing))?;
+                Some(names.names[*id].clone())
+            })
+            .collect()
     }
 
     /// Per function, the flat and cumulative totals of one sample type, largest flat first
@@ -529,6 +547,11 @@ impl FunctionNames {
         }
     }
 
+    /// Per function id, whether it is `plumbing`.
+    fn plumbing(&self, plumbing: &crate::plumbing::Plumbing) -> Vec<bool> {
+        self.names.iter().map(|n| plumbing.contains(n)).collect()
+    }
+
     /// A sample's function ids, innermost first, inlined frames expanded.
     fn stack<'a>(&'a self, sample: &'a Sample) -> impl Iterator<Item = usize> + 'a {
         sample.locations.iter().flat_map(move |&index| {
@@ -539,6 +562,11 @@ impl FunctionNames {
                 .copied()
         })
     }
+}
+
+/// Where a stack's culprit is: its innermost frame outside the plumbing, else its innermost.
+fn culprit_at(stack: &[usize], is_plumbing: &[bool]) -> usize {
+    stack.iter().position(|&id| !is_plumbing[id]).unwrap_or(0)
 }
 
 #[cfg(test)]

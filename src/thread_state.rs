@@ -588,12 +588,10 @@ pub(crate) fn span_tag() -> u32 {
     STATE.try_with(|state| state.span_tag.get()).unwrap_or(0)
 }
 
-/// Sets the calling thread's span tag; returns the previous one.
+/// Sets the calling thread's span tag.
 #[cfg_attr(not(feature = "tracing"), allow(dead_code))] // only the span layer sets it
-pub(crate) fn set_span_tag(tag: u32) -> u32 {
-    STATE
-        .try_with(|state| state.span_tag.replace(tag))
-        .unwrap_or(0)
+pub(crate) fn set_span_tag(tag: u32) {
+    let _ = STATE.try_with(|state| state.span_tag.set(tag));
 }
 
 /// Records `bytes` and `objects` (negative: given back) that heapwatch holds through the global

@@ -98,25 +98,14 @@ pub(crate) fn culprits_by_span(
     {
         return found;
     }
-    for sample in &profile.samples {
+    let culprits = profile.sample_culprits(plumbing);
+    for (sample, culprit) in profile.samples.iter().zip(culprits) {
         let value = sample.value(SampleType::InuseSpace);
-        if value == 0 {
-            continue;
-        }
-        let names: Vec<String> = profile.stack_names(sample).collect();
-        let Some(culprit) = names
-            .iter()
-            .find(|name| !plumbing.contains(name))
-            .or(names.first())
-        else {
+        let Some(culprit) = culprit.filter(|_| value != 0) else {
             continue;
         };
         let span = span_name(&sample.labels).unwrap_or_else(|| NO_SPAN_NAME.to_owned());
-        let bytes = found
-            .entry(culprit.clone())
-            .or_default()
-            .entry(span)
-            .or_insert(0);
+        let bytes = found.entry(culprit).or_default().entry(span).or_insert(0);
         *bytes = bytes.saturating_add(value);
     }
     found
