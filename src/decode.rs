@@ -786,6 +786,42 @@ mod tests {
     }
 
     #[test]
+    fn span_labels_round_trip_and_a_label_bomb_is_refused() {
+        let mut profile = Profile::one_site("grow", 0x1234, [2, 200, 1, 100]);
+        profile.samples[0].labels = vec![
+            ("span".to_owned(), "request".to_owned()),
+            ("route".to_owned(), "/export".to_owned()),
+        ];
+        let mut bytes = Vec::new();
+        crate::encode::write_pprof(&profile, &mut bytes).unwrap();
+        assert_eq!(
+            read_pprof(&bytes).unwrap().samples[0].labels,
+            profile.samples[0].labels
+        );
+
+        // One 1 MiB string referenced by 20,000 labels: 20 GiB once copied, from a file of a
+        // few hundred KiB. Refused within the decode limit, before any copy.
+        let mut message = crate::encode::to_pprof(&profile);
+        message.string_table.push("x".repeat(1 << 20));
+        let long = message.string_table.len() as i64 - 1;
+        message.sample[0].label = vec![
+            proto::Label {
+                key: long,
+                str: long,
+                ..Default::default()
+            };
+            20_000
+        ];
+        let error = read_pprof(&message.encode_to_vec()).unwrap_err();
+        assert!(error.is_limit(), "{error}");
+
+        // A label naming a string that does not exist.
+        let mut message = crate::encode::to_pprof(&profile);
+        message.sample[0].label[0].str = 1 << 40;
+        assert!(read_pprof(&message.encode_to_vec()).is_err());
+    }
+
+    #[test]
     fn repeated_ids_are_refused() {
         // A reference to a repeated id could mean either entry: pprof refuses such files, and
         // so does the decoder, naming the id.
