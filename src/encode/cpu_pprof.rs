@@ -38,6 +38,13 @@ pub fn to_cpu_pprof(profile: &CpuProfile) -> proto::Profile {
         &mut strings,
         &mut out,
     );
+    // Every object is marked as named. An object with a sampled address heapwatch could not
+    // name (the loader, a library without symbols) would otherwise send `go tool pprof`, when it
+    // fetches over HTTP, to POST Go's `/debug/pprof/symbol`, which heapwatch does not serve: the
+    // whole fetch then fails (seen once in CI). Such a frame reads as its address instead.
+    for mapping in &mut out.mapping {
+        mapping.has_functions = true;
+    }
     let thread_key = strings.id("thread");
     for sample in &profile.samples {
         let count = i64::try_from(sample.count).unwrap_or(i64::MAX);
