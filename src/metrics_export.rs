@@ -51,6 +51,11 @@ pub fn describe() {
         "heapwatch's own memory: tables, stacks, symbols."
     );
     describe_gauge!(
+        "heapwatch_symbolizer_bytes",
+        Unit::Bytes,
+        "Of heapwatch's own memory, the symbolizer's: symbol and line tables, names, cache."
+    );
+    describe_gauge!(
         "heapwatch_cgroup_limit_bytes",
         Unit::Bytes,
         "The memory limit (cgroup, or configured)."
@@ -187,7 +192,9 @@ fn record_figures(latest: Option<&Latest>) {
     counter!("heapwatch_heap_allocated_bytes_total").absolute(stats.allocated_bytes);
     counter!("heapwatch_heap_allocated_objects_total").absolute(stats.allocated_objects);
     gauge!("heapwatch_sample_rate_bytes").set(crate::sampler::sample_rate() as f64);
-    gauge!("heapwatch_profiler_bytes").set(crate::table::profiler_stats().profiler_bytes as f64);
+    let own = crate::table::profiler_stats();
+    gauge!("heapwatch_profiler_bytes").set(own.profiler_bytes as f64);
+    gauge!("heapwatch_symbolizer_bytes").set(own.symbol_cache_bytes as f64);
 
     if let Some(Latest { reading, detector }) = latest {
         let set = |name: &'static str, value: Option<u64>| {

@@ -351,16 +351,63 @@ pub(crate) enum Scope {
 
 /// Copies the table. `None` if profiler memory for the copy could not be had.
 pub(crate) fn raw_snapshot(scope: Scope) -> Option<RawSnapshot> {
-    lock().copy(scope)
+    let mut raw = RawSnapshot::empty();
+    lock().copy_into(scope, &mut raw).then_some(raw)
+}
+
+/// Copies the table into `raw`, reusing its buffers: a copy that fits their capacity allocates
+/// nothing (the dump near the limit). `false`, with `raw` left empty, if profiler memory for
+/// a larger copy could not be had.
+pub(crate) fn raw_snapshot_into(scope: Scope, raw: &mut RawSnapshot) -> bool {
+    lock().copy_into(scope, raw)
+}
+
+/// How many stacks and return addresses the table holds: what a copy of it needs.
+pub(crate) fn raw_size() -> (usize, usize) {
+    let table = lock();
+    (table.stacks.len() + 1, table.frames.len())
+}
+
+impl RawSnapshot {
+    /// A snapshot with no stack and no buffer yet.
+    pub(crate) fn empty() -> Self {
+        RawSnapshot {
+            frames: PVec::new_in(ProfilerAlloc),
+            stacks: PVec::new_in(ProfilerAlloc),
+            overflowed: false,
+        }
+    }
+
+    /// Grows the buffers to hold `stacks` stacks and `frames` return addresses.
+    pub(crate) fn reserve(&mut self, stacks: usize, frames: usize) {
+        let _ = self.stacks.try_reserve(stacks.saturating_sub(self.stacks.len()));
+        let _ = self.frames.try_reserve(frames.saturating_sub(self.frames.len()));
+    }
 }
 
 impl Table {
-    /// The copy [`raw_snapshot`] hands out.
+    /// A fresh copy, as [`raw_snapshot`] hands it out.
+    #[cfg(test)]
     fn copy(&self, scope: Scope) -> Option<RawSnapshot> {
-        let mut frames = PVec::new_in(ProfilerAlloc);
-        let mut stacks = PVec::new_in(ProfilerAlloc);
-        frames.try_reserve_exact(self.frames.len()).ok()?;
-        stacks.try_reserve_exact(self.stacks.len() + 1).ok()?;
+        let mut raw = RawSnapshot::empty();
+        self.copy_into(scope, &mut raw).then_some(raw)
+    }
+
+    /// The copy [`raw_snapshot`] and [`raw_snapshot_into`] hand out.
+    fn copy_into(&self, scope: Scope, raw: &mut RawSnapshot) -> bool {
+        let RawSnapshot {
+            frames,
+            stacks,
+            overflowed: raw_overflowed,
+        } = raw;
+        frames.clear();
+        stacks.clear();
+        *raw_overflowed = false;
+        if frames.try_reserve(self.frames.len()).is_err()
+            || stacks.try_reserve(self.stacks.len() + 1).is_err()
+        {
+            return false;
+        }
         frames.extend_from_slice(&self.frames);
         let allocated = |objects: f64, bytes: f64| match scope {
             Scope::Process => RawStackTotals {
@@ -404,11 +451,8 @@ impl Table {
                 totals.inuse_bytes += weight * sample.size as f64;
             }
         }
-        Some(RawSnapshot {
-            frames,
-            stacks,
-            overflowed,
-        })
+        *raw_overflowed = overflowed;
+        true
     }
 }
 

@@ -12,6 +12,9 @@ pub enum FlamegraphPlaceholder {
     /// The SVG of a dump set: also points at the `.pb.gz` written beside it, which holds the
     /// same profile for `go tool pprof`.
     DumpSet,
+    /// The SVG of a dump set written near the memory limit, before its addresses were named:
+    /// the flamegraph replaces it when the set is named.
+    Unnamed,
 }
 
 /// Writes the SVG that stands where a flamegraph would be when heapwatch is built without the
@@ -32,6 +35,7 @@ pub fn write_flamegraph_placeholder<W: Write>(
     let svg: &[u8] = match placeholder {
         FlamegraphPlaceholder::Page => b"<svg xmlns=\"http://www.w3.org/2000/svg\"><text y=\"20\">heapwatch built without the flamegraph feature</text></svg>\n",
         FlamegraphPlaceholder::DumpSet => b"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">heapwatch built without the flamegraph feature: open the .pb.gz with go tool pprof</text></svg>\n",
+        FlamegraphPlaceholder::Unnamed => b"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"60\"><text x=\"10\" y=\"25\">written near the memory limit, before naming: the flamegraph is drawn when the set is named</text><text x=\"10\" y=\"50\">(by the watch once the pressure passes, by the next instance, or by heapwatch symbolize)</text></svg>\n",
     };
     writer.write_all(svg)
 }
@@ -85,7 +89,11 @@ mod tests {
              y=\"25\">heapwatch built without the flamegraph feature: open the .pb.gz with go \
              tool pprof</text></svg>\n"
         );
-        for which in [FlamegraphPlaceholder::Page, FlamegraphPlaceholder::DumpSet] {
+        for which in [
+            FlamegraphPlaceholder::Page,
+            FlamegraphPlaceholder::DumpSet,
+            FlamegraphPlaceholder::Unnamed,
+        ] {
             roxmltree::Document::parse(&placeholder(which)).expect("well-formed");
         }
     }

@@ -10,11 +10,15 @@
 //!
 //! Runs on the thread that takes the snapshot, never on the allocation path.
 
+mod cached;
 mod elf;
 pub(crate) mod leaves;
 pub(crate) mod modules;
 mod offline;
 pub use offline::{symbolize_with_binary, symbolize_with_binary_within, SymbolizeError};
+mod rebase;
+pub(crate) use cached::CachedNames;
+pub(crate) use rebase::name_by_build_id;
 
 #[cfg(feature = "dwarf")]
 mod debug_file;
@@ -116,11 +120,18 @@ impl Strings {
 
 /// One (possibly inlined) frame of a resolved address.
 #[derive(Clone, Copy, Debug)]
-struct LineEntry {
-    function: StrId,
-    system_name: Option<StrId>,
-    file: Option<StrId>,
-    line: u32,
+pub(crate) struct LineEntry {
+    pub(crate) function: StrId,
+    pub(crate) system_name: Option<StrId>,
+    pub(crate) file: Option<StrId>,
+    pub(crate) line: u32,
+}
+
+impl StrId {
+    /// The id as a number, for keying tables by name without comparing text.
+    pub(crate) fn index(self) -> u32 {
+        self.0
+    }
 }
 
 /// What the cache remembers of one address.
@@ -186,6 +197,39 @@ fn lock() -> MutexGuard<'static, Symbolizer> {
     SYMBOLIZER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The symbolizer, if no other thread holds it now.
+fn lock_if_free() -> Option<MutexGuard<'static, Symbolizer>> {
+    match SYMBOLIZER.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// The objects loaded now, described as pprof mappings describe them: what a dump written
+/// without the symbolizer keeps at hand (walking the loader's list allocates a little, so the
+/// watch takes it while memory is ample, not at the dump).
+pub(crate) fn loaded_module_infos() -> Vec<ModuleInfo> {
+    modules::loaded_modules().iter().map(module_info).collect()
+}
+
+/// Drops every symbol table, DWARF unit and cached name the symbolizer holds, giving their
+/// memory back: for a small container, after the start-up naming of a predecessor's dumps.
+/// Later namings load again what they need.
+pub(crate) fn release_loaded() {
+    let mut symbolizer = lock();
+    symbolizer.modules = Vec::new();
+    symbolizer.sources = Vec::new();
+    #[cfg(feature = "dwarf")]
+    {
+        symbolizer.dwarf = Vec::new();
+    }
+    symbolizer.strings = Strings::new();
+    symbolizer.lines = PVec::new_in(ProfilerAlloc);
+    symbolizer.cache = HashMap::with_hasher_in(HASHER, ProfilerAlloc);
+    crate::internal_alloc::set_symbolizer_heap_bytes(symbolizer.heap_bytes());
+}
+
 // The symbolizer's lock, held across a fork (see `fork`).
 static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
     take: |forking| {
@@ -208,6 +252,7 @@ pub(crate) struct NamedFrame {
 }
 
 /// What the builder needs of a loaded object to describe it as a pprof mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ModuleInfo {
     pub path: String,
     pub build_id: String,
@@ -300,16 +345,38 @@ impl Symbolizer {
     }
 }
 
-/// Resolves every address of the current table now, so that a later dump near the memory
-/// limit finds them cached instead of loading symbol tables when memory is scarce.
+/// Resolves every address of the current table not named yet, so that a later dump near the
+/// memory limit finds them cached instead of loading symbol tables when memory is scarce.
+/// Addresses already cached cost a lookup each.
 pub fn warm_symbol_cache() {
     warn_once_without_dwarf();
     // The watch thread runs inside the profiler all along: then no new guard is needed (and
     // none can be had; returning there, as this once did, left the cache cold for the dump).
     let _guard = crate::thread_state::ProfilerGuard::enter();
     if let Some(raw) = crate::table::raw_snapshot(crate::table::Scope::Process) {
-        let _ = symbolize(&code_addresses(&raw.frames));
+        warm(&code_addresses(&raw.frames));
     }
+}
+
+/// Names the addresses not cached yet, keeping only the cache.
+fn warm(addresses: &[u64]) {
+    let want_lines = SOURCE_LINES.load(Ordering::Relaxed);
+    let mut symbolizer = lock();
+    if symbolizer.cache_has_lines != want_lines {
+        symbolizer.cache.clear();
+        symbolizer.lines.clear();
+        symbolizer.cache_has_lines = want_lines;
+    }
+    let missing: Vec<u64> = addresses
+        .iter()
+        .copied()
+        .filter(|address| !symbolizer.cache.contains_key(address))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    drop(symbolizer);
+    let _ = symbolize(&missing);
 }
 
 /// Return addresses below this are not code (the unwinder's end-of-stack marker is 0).

@@ -20,6 +20,59 @@ pub const DEFAULT_HORIZON: Duration = Duration::from_secs(60);
 /// search (`x`) wherever read is granted (0600 → 0700).
 pub const DEFAULT_FILE_MODE: u32 = 0o600;
 
+/// Limits at or below this are small containers: there [`DumpNaming::Auto`] keeps the
+/// symbolizer's tables out of the process (they can take tens of MiB for a large binary) and
+/// leaves naming to the next instance.
+pub const SMALL_LIMIT_BYTES: u64 = 64 << 20;
+
+/// Who names the dumps written near the limit (`HEAPWATCH_NAMING`). Every dump near the
+/// limit is written first without loading anything (addresses, build ids, the names already
+/// cached); this says who completes the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DumpNaming {
+    /// `in-process` above [`SMALL_LIMIT_BYTES`] (or without a limit), `next-instance` at or
+    /// below it.
+    #[default]
+    Auto,
+    /// The watch loads symbol and line tables while memory is ample, names new stacks as they
+    /// appear, and names a set written near the limit once the pressure has passed; other
+    /// dumps are named at once when there is headroom.
+    InProcess,
+    /// The process never loads symbol tables for its dumps: every set is written unnamed, and
+    /// the next instance of the same program names it at start-up (then gives the tables'
+    /// memory back). Pages asked for over HTTP are still named.
+    NextInstance,
+}
+
+impl DumpNaming {
+    /// Parses `auto`, `in-process` or `next-instance`.
+    ///
+    /// ```
+    /// use heapwatch::watch::DumpNaming;
+    /// assert_eq!(DumpNaming::parse("next-instance"), Some(DumpNaming::NextInstance));
+    /// assert_eq!(DumpNaming::parse("sometimes"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<DumpNaming> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Some(DumpNaming::Auto),
+            "in-process" => Some(DumpNaming::InProcess),
+            "next-instance" => Some(DumpNaming::NextInstance),
+            _ => None,
+        }
+    }
+
+    /// What `Auto` means under `limit`: `InProcess` or `NextInstance`.
+    pub fn resolve(self, limit: Option<u64>) -> DumpNaming {
+        match self {
+            DumpNaming::Auto if limit.is_some_and(|l| l <= SMALL_LIMIT_BYTES) => {
+                DumpNaming::NextInstance
+            }
+            DumpNaming::Auto => DumpNaming::InProcess,
+            chosen => chosen,
+        }
+    }
+}
+
 /// Everything the watch thread runs with, after the environment has had its say.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -61,6 +114,8 @@ pub struct WatchConfig {
     pub suspect_interval: Duration,
     /// How long after start the baseline for the differential flamegraph is taken.
     pub warmup: Duration,
+    /// Who names the dumps written near the limit.
+    pub naming: DumpNaming,
 }
 
 impl Default for WatchConfig {
@@ -84,6 +139,7 @@ impl Default for WatchConfig {
             detector: crate::detect::DetectorConfig::default(),
             suspect_interval: Duration::from_secs(60),
             warmup: Duration::from_secs(60),
+            naming: DumpNaming::Auto,
         }
     }
 }
@@ -117,6 +173,9 @@ impl WatchConfig {
                 _ => false,
             },
         );
+        take("HEAPWATCH_NAMING", &mut |v| {
+            DumpNaming::parse(v).map(|n| self.naming = n).is_some()
+        });
         take("HEAPWATCH_DIR", &mut |v| {
             !v.is_empty() && {
                 self.dir = PathBuf::from(v);

@@ -239,6 +239,83 @@ impl DumpWriter {
         diff_svg: Option<&[u8]>,
     ) -> io::Result<DumpSet> {
         self.prepare()?;
+        self.profile_buffer.clear();
+        crate::encode::write_pprof(profile, &mut self.profile_buffer)?;
+        self.svg_buffer.clear();
+        write_svg(profile, &mut self.svg_buffer)?;
+        self.publish_set(stem, summary, diff_svg)
+    }
+
+    /// Writes one set before naming: `encode` writes the pprof profile into the writer's own
+    /// buffer (kept between dumps) and returns the summary; the flamegraph is a placeholder
+    /// until the set is named ([`rewrite_named`](Self::rewrite_named)).
+    pub(crate) fn write_unnamed(
+        &mut self,
+        stem: &str,
+        encode: impl FnOnce(&mut Vec<u8>) -> io::Result<DumpSummary>,
+    ) -> io::Result<(DumpSet, DumpSummary)> {
+        self.prepare()?;
+        let mut summary = encode(&mut self.profile_buffer)?;
+        self.svg_buffer.clear();
+        crate::encode::write_flamegraph_placeholder(
+            crate::encode::FlamegraphPlaceholder::Unnamed,
+            &mut self.svg_buffer,
+        )?;
+        let set = self.publish_set(stem, &mut summary, None)?;
+        Ok((set, summary))
+    }
+
+    /// Replaces a set's profile, flamegraph and summary by those of `profile`, now named: each
+    /// file written under a new temporary name, then renamed over the old one (a rename
+    /// replaces a name, never follows it), the summary last. On error the set is as it was.
+    pub(crate) fn rewrite_named(
+        &mut self,
+        set: &DumpSet,
+        profile: &Profile,
+        summary: &DumpSummary,
+    ) -> io::Result<()> {
+        self.profile_buffer.clear();
+        crate::encode::write_pprof(profile, &mut self.profile_buffer)?;
+        self.svg_buffer.clear();
+        write_svg(profile, &mut self.svg_buffer)?;
+        self.json_buffer.clear();
+        serde_json::to_writer_pretty(&mut self.json_buffer, summary).map_err(io::Error::other)?;
+        let files: [(PathBuf, &[u8]); 3] = [
+            (set.profile(), &self.profile_buffer),
+            (set.flamegraph(), &self.svg_buffer),
+            (set.summary(), &self.json_buffer),
+        ];
+        let mut created = 0;
+        let result = (|| {
+            for (path, bytes) in &files {
+                let tmp = tmp_path(path);
+                // Our own leftover from an interrupted rewrite of this set: written anew.
+                let _ = fs::remove_file(&tmp);
+                let mut file = create_exclusive(&tmp, self.file_mode)?;
+                created += 1;
+                file.write_all(bytes)?;
+            }
+            for (path, _) in &files {
+                fs::rename(tmp_path(path), path)?;
+                created -= 1;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for (path, _) in &files[files.len() - created..] {
+                let _ = fs::remove_file(tmp_path(path));
+            }
+        }
+        result
+    }
+
+    /// Writes the encoded profile and flamegraph of a set, then its summary.
+    fn publish_set(
+        &mut self,
+        stem: &str,
+        summary: &mut DumpSummary,
+        diff_svg: Option<&[u8]>,
+    ) -> io::Result<DumpSet> {
         let set = DumpSet {
             dir: self.dir.clone(),
             stem: stem.to_owned(),
@@ -249,11 +326,6 @@ impl DumpWriter {
             summary: file_name(&set.summary()),
             diff_flamegraph: diff_svg.map(|_| file_name(&set.diff_flamegraph())),
         };
-
-        self.profile_buffer.clear();
-        crate::encode::write_pprof(profile, &mut self.profile_buffer)?;
-        self.svg_buffer.clear();
-        write_svg(profile, &mut self.svg_buffer)?;
         self.json_buffer.clear();
         serde_json::to_writer_pretty(&mut self.json_buffer, summary).map_err(io::Error::other)?;
 
@@ -692,6 +764,15 @@ pub fn read_summary(set: &DumpSet) -> io::Result<DumpSummary> {
         ));
     }
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reads a set's pprof profile: a regular file, never through a symlink, decoded within
+/// heapwatch's decode limits (a planted file cannot make the reader allocate without bound).
+pub(crate) fn read_profile(set: &DumpSet) -> io::Result<Profile> {
+    let (file, _) = open_regular(&set.profile())?;
+    let limits = crate::decode::DecodeLimits::default();
+    crate::decode::read_pprof_from(file, &limits)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Whether `path` names a file the HTTP listener would serve — see [`read_served_file`] —

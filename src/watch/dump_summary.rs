@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Call sites listed in a summary.
-const TOP_SITES: usize = 10;
+pub(crate) const TOP_SITES: usize = 10;
 /// How many spans the summary and the report list.
 pub(crate) const TOP_SPANS: usize = 10;
 
@@ -58,6 +58,16 @@ pub struct DumpSummary {
     pub heap: HeapCounters,
     /// heapwatch's own memory (tables, stacks, symbols).
     pub profiler_bytes: u64,
+    /// Of that, the symbolizer's: symbol and line tables, names, the cache of named
+    /// addresses.
+    #[serde(default)]
+    pub symbolizer_bytes: u64,
+    /// Whether the profile's addresses carry names. `false` for a set written near the limit
+    /// before naming (addresses, build ids and the names already cached only): the watch
+    /// names it once the pressure has passed, the next instance of the same program at its
+    /// start, or `heapwatch symbolize` offline; its `top_sites` then say what could be named.
+    #[serde(default = "named_by_default")]
+    pub named: bool,
     /// The sampling rate the profile was taken at (mean bytes between samples).
     pub sample_rate_bytes: u64,
     /// Call sites holding the most live memory (innermost frame), largest first.
@@ -158,6 +168,35 @@ impl DumpSummary {
     /// The summary of a dump of `profile`, the heap counters and heapwatch's own figures read
     /// now; its `files` are filled in by the writer.
     pub(crate) fn assemble(context: DumpContext<'_>, profile: &Profile) -> DumpSummary {
+        let top_sites = top_sites(profile, TOP_SITES);
+        let top_spans = top_spans(profile, TOP_SPANS);
+        Self::assemble_with(context, top_sites, top_spans, true)
+    }
+
+    /// The summary of a dump written before naming: its top sites and spans as the raw dump
+    /// could tell them.
+    pub(crate) fn assemble_unnamed(
+        context: DumpContext<'_>,
+        top_sites: Vec<TopSite>,
+        top_spans: Vec<SpanTotal>,
+    ) -> DumpSummary {
+        Self::assemble_with(context, top_sites, top_spans, false)
+    }
+
+    /// The summary once `profile`, the set's profile, has been named: top sites and spans
+    /// read from it again.
+    pub(crate) fn named_from(&mut self, profile: &Profile) {
+        self.top_sites = top_sites(profile, TOP_SITES);
+        self.top_spans = top_spans(profile, TOP_SPANS);
+        self.named = true;
+    }
+
+    fn assemble_with(
+        context: DumpContext<'_>,
+        top_sites: Vec<TopSite>,
+        top_spans: Vec<SpanTotal>,
+        named: bool,
+    ) -> DumpSummary {
         let DumpContext {
             reason,
             unix_ms,
@@ -191,15 +230,22 @@ impl DumpSummary {
             oom_kills: memory.oom_kills,
             heap: crate::counters::stats().into(),
             profiler_bytes: crate::table::profiler_stats().profiler_bytes,
+            symbolizer_bytes: crate::internal_alloc::symbolizer_heap_bytes() as u64,
+            named,
             sample_rate_bytes: crate::sampler::sample_rate(),
-            top_sites: top_sites(profile, TOP_SITES),
-            top_spans: top_spans(profile, TOP_SPANS),
+            top_sites,
+            top_spans,
             series,
             verdict: Some(verdict),
             suspects,
             files: DumpFiles::default(),
         }
     }
+}
+
+/// Summaries written before this field existed were always named.
+fn named_by_default() -> bool {
+    true
 }
 
 fn program_name() -> String {

@@ -18,7 +18,9 @@
 mod config;
 mod dump;
 mod dump_summary;
+mod naming;
 mod previous;
+mod raw_dump;
 mod request;
 mod running;
 mod signal;
@@ -28,8 +30,9 @@ mod triggers;
 
 pub use crate::memory::{machine_memory, Cgroup, CgroupReading, CgroupVersion};
 pub use config::{
-    parse_bytes, parse_duration, parse_file_mode, parse_thresholds, WatchConfig, DEFAULT_DIR,
-    DEFAULT_FILE_MODE, DEFAULT_HORIZON, DEFAULT_KEEP, DEFAULT_THRESHOLDS, DEFAULT_TICK,
+    parse_bytes, parse_duration, parse_file_mode, parse_thresholds, DumpNaming, WatchConfig,
+    DEFAULT_DIR, DEFAULT_FILE_MODE, DEFAULT_HORIZON, DEFAULT_KEEP, DEFAULT_THRESHOLDS,
+    DEFAULT_TICK, SMALL_LIMIT_BYTES,
 };
 #[cfg(feature = "http")]
 pub(crate) use dump::{is_served, read_served_file};
@@ -159,6 +162,12 @@ impl WatchBuilder {
     /// 60 s, so start-up allocations are not counted as growth).
     pub fn warmup(mut self, warmup: Duration) -> Self {
         self.config.warmup = warmup;
+        self
+    }
+    /// Who names the dumps written near the limit (`HEAPWATCH_NAMING`: `auto`,
+    /// `in-process`, `next-instance`); see [`DumpNaming`].
+    pub fn naming(mut self, naming: DumpNaming) -> Self {
+        self.config.naming = naming;
         self
     }
     /// Reads this cgroup instead of the process's own (tests, unusual layouts).

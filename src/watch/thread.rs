@@ -3,10 +3,12 @@
 //! headroom reserve, arms the allocator's early wake, and publishes what it read once the
 //! tick is done — to [`crate::published`] and the `metrics` facade.
 
-use super::config::WatchConfig;
-use super::dump::DumpWriter;
+use super::config::{DumpNaming, WatchConfig};
+use super::dump::{DumpSet, DumpWriter};
 use super::dump_summary::{DumpContext, DumpSummary};
+use super::naming::{self, Naming};
 use super::previous;
+use super::raw_dump::RawDumper;
 use super::request;
 use super::tick::{TickDecision, TickInput, TickLogic, TickSources};
 use super::triggers::Reason;
@@ -19,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How much of the series a summary carries.
 const SERIES_SPAN: Duration = Duration::from_secs(600);
-/// How often the symbol cache is brought up to date, so a dump near the limit finds names
-/// resolved.
+/// How often the symbol cache is brought up to date at the least, so a dump near the limit
+/// finds names resolved; sooner whenever the table has new stacks.
 const WARM_SYMBOLS_EVERY: Duration = Duration::from_secs(10);
 /// Tick used for a while after an early wake.
 const FOLLOW_UP_TICK: Duration = Duration::from_millis(50);
@@ -39,10 +41,19 @@ pub(super) struct Watcher {
     logic: TickLogic,
     reserve: Vec<u8>,
     last_warm: Option<Instant>,
+    /// The table's stack count at the last warming: new stacks are named as they appear.
+    stacks_warmed: u64,
+    /// Who names the dumps written near the limit (as configured, `Auto` resolved at start).
+    naming: DumpNaming,
+    raw: RawDumper,
+    /// This watch's sets written before naming, oldest first, to name once the pressure has
+    /// passed.
+    unnamed: Vec<DumpSet>,
 }
 
 impl Watcher {
     pub(super) fn new(config: WatchConfig) -> Self {
+        let naming = config.naming;
         Watcher {
             tick_interval: config.tick,
             configured_limit: config.limit,
@@ -55,6 +66,10 @@ impl Watcher {
             logic: TickLogic::new(config, Instant::now()),
             reserve: Vec::new(),
             last_warm: None,
+            stacks_warmed: 0,
+            naming,
+            raw: RawDumper::new(),
+            unnamed: Vec::new(),
         }
     }
 
@@ -66,15 +81,25 @@ impl Watcher {
         }
         self.writer.prune();
         let memory = self.memory();
+        self.naming = self.naming.resolve(memory.limit);
+        // Before the report, so that it names what grew: a set the previous instance wrote
+        // near its limit carries addresses only.
+        naming::name_predecessors(&mut self.writer);
+        if self.naming == DumpNaming::NextInstance {
+            // A small container: the tables that named them are not kept.
+            crate::symbolize::release_loaded();
+        }
         previous::report_previous(self.writer.dir(), self.cgroup.as_ref(), memory.oom_kills);
         tracing::info!(
             dir = %self.writer.dir().display(),
             limit = memory.limit,
             limit_source = memory.limit_source,
             thresholds = ?self.thresholds,
+            naming = ?self.naming,
             "heapwatch: watching"
         );
         self.take_reserve();
+        self.raw.prepare();
         // After an early wake, memory the heap just took is often not resident yet (a buffer
         // is allocated, then filled): look again at a short interval for a while, so the
         // working set is seen when it catches up rather than a whole tick later.
@@ -124,15 +149,21 @@ impl Watcher {
             reading,
             dump,
             retake_reserve,
+            pressure,
             early_wake_at,
             ..
         } = decision;
         if let Some(reason) = dump {
             request::clear();
-            // The verdict and suspects that called for this dump are readable while it is
-            // written (it may take a second); the reading follows once the tick is done.
-            published::publish_report(self.logic.report());
-            self.dump(&reason, &memory);
+            if pressure || self.naming == DumpNaming::NextInstance {
+                // Evidence first: nothing on this path loads, parses or demangles.
+                self.dump_unnamed(&reason, &memory);
+            } else {
+                // The verdict and suspects that called for this dump are readable while it is
+                // written (it may take a second); the reading follows once the tick is done.
+                published::publish_report(self.logic.report());
+                self.dump(&reason, &memory);
+            }
         }
         if retake_reserve {
             self.take_reserve();
@@ -150,12 +181,44 @@ impl Watcher {
         };
         crate::metrics_export::record(&latest);
         published::publish_latest(latest);
-        if self
+        if !pressure {
+            self.while_memory_is_ample(now);
+        }
+    }
+
+    /// What is kept away from the limit: naming the sets written before naming, naming new
+    /// stacks as they appear, listing the loaded objects and sizing the raw dump's buffers.
+    fn while_memory_is_ample(&mut self, now: Instant) {
+        if self.naming != DumpNaming::InProcess {
+            self.raw.prepare();
+            return;
+        }
+        let stacks = crate::table::profiler_stats().stacks;
+        let due = self
             .last_warm
-            .is_none_or(|t| now.duration_since(t) >= WARM_SYMBOLS_EVERY)
-        {
+            .is_none_or(|t| now.duration_since(t) >= WARM_SYMBOLS_EVERY);
+        if due || stacks != self.stacks_warmed {
             crate::symbolize::warm_symbol_cache();
+            self.raw.prepare();
             self.last_warm = Some(now);
+            self.stacks_warmed = stacks;
+        }
+        for set in std::mem::take(&mut self.unnamed) {
+            match naming::name_set(&mut self.writer, &set) {
+                Ok(Naming::Named | Naming::AlreadyNamed) => {}
+                Ok(Naming::NotThisProgram { mappings }) => tracing::warn!(
+                    set = %set.stem,
+                    mappings = ?mappings,
+                    "heapwatch: none of the dump's addresses could be named"
+                ),
+                // Rotated away meanwhile, or the directory is gone: nothing left to name.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => tracing::warn!(
+                    set = %set.stem,
+                    %error,
+                    "heapwatch: cannot name a dump written near the limit"
+                ),
+            }
         }
     }
 
@@ -172,6 +235,62 @@ impl Watcher {
             // they will give back.
             self.reserve = vec![0xa5; self.reserve_bytes];
         }
+    }
+
+    /// Writes a set before naming: the evidence first, from buffers sized beforehand; names
+    /// come later (see [`naming`]).
+    fn dump_unnamed(&mut self, reason: &Reason, memory: &MemoryReading) {
+        self.reserve = Vec::new();
+        let started = Instant::now();
+        let unix_ms = unix_ms();
+        let stem = self.writer.next_stem(unix_ms, &reason.slug());
+        let (raw, logic) = (&mut self.raw, &self.logic);
+        let mut naming = None;
+        let written = self.writer.write_unnamed(&stem, |pprof| {
+            let dump = raw.write(pprof)?;
+            naming = Some(dump.naming);
+            let context = DumpContext {
+                reason,
+                unix_ms,
+                memory,
+                series: logic.recent_series(SERIES_SPAN.as_millis() as u64),
+                verdict: logic.verdict().clone(),
+                suspects: logic.suspects(),
+            };
+            Ok(DumpSummary::assemble_unnamed(
+                context,
+                dump.top_sites,
+                dump.top_spans,
+            ))
+        });
+        match written {
+            Ok((set, summary)) => {
+                published::count_dump(reason.kind());
+                tracing::warn!(
+                    reason = reason.kind().name(),
+                    detail = %summary.reason_detail,
+                    profile = %set.profile().display(),
+                    millis = started.elapsed().as_secs_f64() * 1e3,
+                    locations = naming.map_or(0, |n| n.locations),
+                    named_from_cache = naming.map_or(0, |n| n.named),
+                    top_site = summary.top_sites.first().map(|s| s.function.as_str()).unwrap_or("-"),
+                    "heapwatch: dump written before naming; names follow"
+                );
+                if self.naming == DumpNaming::InProcess {
+                    self.unnamed.push(set);
+                }
+            }
+            Err(e) => {
+                published::count_dump_error();
+                tracing::error!(
+                    reason = reason.kind().name(),
+                    dir = %self.writer.dir().display(),
+                    error = %e,
+                    "heapwatch: dump failed; nothing was left behind"
+                );
+            }
+        }
+        published::publish_report(self.logic.report());
     }
 
     fn dump(&mut self, reason: &Reason, memory: &MemoryReading) {

@@ -52,6 +52,10 @@ pub(crate) struct TickDecision {
     /// Usage is below the first threshold (less the hysteresis): the headroom reserve, if
     /// released for a dump, may be taken again.
     pub(crate) retake_reserve: bool,
+    /// Memory is short: usage at or above the first threshold (less the hysteresis), or the
+    /// trend reaching the limit within the horizon. Then dumps are written before naming,
+    /// and nothing loads symbols: no suspects' snapshot, no naming, no warming of the cache.
+    pub(crate) pressure: bool,
     /// Wake early when the heap reaches this many live bytes: what separates the working set
     /// from the next threshold, on top of the heap now. `None`: no early wake.
     pub(crate) early_wake_at: Option<u64>,
@@ -114,8 +118,6 @@ impl TickLogic {
         if verdict_changed_from.is_some() && kind == VerdictKind::Leak {
             self.leak_dump_pending = true;
         }
-        let baseline = self.observe_suspects(now, unix_ms, sources);
-
         let slope = self.working_set_slope();
         let eta = match (memory.limit, memory.working_set, slope) {
             (Some(limit), Some(ws), Some(slope)) => {
@@ -124,6 +126,17 @@ impl TickLogic {
             _ => None,
         };
         let fraction = memory.fraction();
+        let first_threshold = self.config.thresholds.first().copied().unwrap_or(1.0);
+        let retake_reserve = fraction.is_none_or(|f| f < first_threshold - self.config.hysteresis);
+        let pressure = !retake_reserve
+            || eta.is_some_and(|seconds| seconds <= self.config.horizon.as_secs_f64());
+        // The suspects' snapshot names its stacks: not while memory is short.
+        let baseline = if pressure {
+            None
+        } else {
+            self.observe_suspects(now, unix_ms, sources)
+        };
+
         let requested = match sources.pending_request() {
             Some(DumpRequest::OnDemand) => Some(Reason::OnDemand),
             Some(DumpRequest::Signal) => Some(Reason::Signal),
@@ -142,8 +155,6 @@ impl TickLogic {
             // Counted from the decision: the dump follows at once on the same thread.
             self.triggers.dumped(now);
         }
-        let first_threshold = self.config.thresholds.first().copied().unwrap_or(1.0);
-        let retake_reserve = fraction.is_none_or(|f| f < first_threshold - self.config.hysteresis);
         let early_wake_at = match (
             memory.limit,
             memory.working_set,
@@ -167,6 +178,7 @@ impl TickLogic {
             verdict_changed_from,
             dump,
             retake_reserve,
+            pressure,
             early_wake_at,
         };
         (decision, baseline)
@@ -485,6 +497,55 @@ mod tests {
     }
 
     #[test]
+    fn pressure_defers_the_suspects_snapshot_until_it_passes() {
+        let start = Instant::now();
+        let config = WatchConfig {
+            warmup: Duration::ZERO,
+            suspect_interval: Duration::from_secs(1),
+            ..config()
+        };
+        let mut logic = TickLogic::new(config, start);
+        let mut sources = Sources {
+            second: 0,
+            snapshots: Vec::new(),
+            request: no_requests,
+        };
+        let mut pressure = Vec::new();
+        for s in 0..6u64 {
+            // 50 %, then 85 % (above the first threshold) for two ticks, then 50 % again.
+            let ws = if (2..4).contains(&s) {
+                LIMIT * 85 / 100
+            } else {
+                LIMIT / 2
+            };
+            let input = TickInput {
+                now: start + Duration::from_secs(s),
+                unix_ms: 1_000_000 + s * 1000,
+                heap_live: ws / 2,
+                memory: memory(ws),
+                resident: Some(ws),
+            };
+            sources.second = s;
+            pressure.push(logic.tick(input, &mut sources).0.pressure);
+        }
+        assert_eq!(pressure, [false, false, true, true, false, false]);
+        assert_eq!(sources.snapshots, [0, 1, 4, 5], "none while memory is short");
+    }
+
+    #[test]
+    fn a_fast_climb_is_pressure_before_the_first_threshold() {
+        let start = Instant::now();
+        let mut logic = TickLogic::new(config(), start);
+        // 20 MiB a second from 40 % of the limit: the limit is about 30 s away, inside the
+        // 60 s horizon, while usage is still far below 80 %.
+        let ws = |s: u64| LIMIT * 4 / 10 + s * (20 << 20);
+        let decisions = run(&mut logic, start, 0..6, ws, no_requests);
+        assert!(!decisions[0].pressure);
+        assert!(decisions[5].pressure, "{:?}", decisions[5].reading.eta_seconds);
+        assert!(decisions[5].retake_reserve);
+    }
+
+    #[test]
     fn without_a_limit_nothing_but_requests_dump() {
         let start = Instant::now();
         let mut logic = TickLogic::new(config(), start);
@@ -513,6 +574,7 @@ mod tests {
             assert_eq!(d.reading.limit_bytes, None);
             assert_eq!(d.early_wake_at, None);
             assert!(d.retake_reserve);
+            assert!(!d.pressure);
             assert_eq!(d.dump, (s == 3).then_some(Reason::OnDemand));
         }
     }
