@@ -380,8 +380,12 @@ impl RawSnapshot {
 
     /// Grows the buffers to hold `stacks` stacks and `frames` return addresses.
     pub(crate) fn reserve(&mut self, stacks: usize, frames: usize) {
-        let _ = self.stacks.try_reserve(stacks.saturating_sub(self.stacks.len()));
-        let _ = self.frames.try_reserve(frames.saturating_sub(self.frames.len()));
+        let _ = self
+            .stacks
+            .try_reserve(stacks.saturating_sub(self.stacks.len()));
+        let _ = self
+            .frames
+            .try_reserve(frames.saturating_sub(self.frames.len()));
     }
 }
 

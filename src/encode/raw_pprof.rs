@@ -154,7 +154,10 @@ impl RawPprofEncoder {
             }
             self.stack.clear();
             let start = stack.start as usize;
-            let frames = raw.frames.get(start..start + stack.len as usize).unwrap_or(&[]);
+            let frames = raw
+                .frames
+                .get(start..start + stack.len as usize)
+                .unwrap_or(&[]);
             for &return_address in frames {
                 let Some(address) = code_address(return_address) else {
                     continue;
@@ -289,7 +292,8 @@ impl RawPprofEncoder {
         let id = self.location_count;
         let name = self.string(name);
         let function = self.function_ids.len() as u64 + 1;
-        self.function_ids.insert((u32::MAX, u32::MAX, u32::MAX), function);
+        self.function_ids
+            .insert((u32::MAX, u32::MAX, u32::MAX), function);
         self.message.clear();
         varint_field(&mut self.message, 1, function);
         varint_field(&mut self.message, 2, name);
@@ -341,11 +345,14 @@ impl RawPprofEncoder {
             totals.inuse_objects,
             totals.inuse_bytes,
         ]
-        .map(|v| v.round().max(0.0) as u64);
+        // Estimates are never negative; `as` saturates, and adding a half rounds without a
+        // call into libm per value.
+        .map(|v| (v + 0.5) as u64);
         packed_field(&mut self.message, 2, &values);
         if span != 0 {
             let (start, end) = self.span_labels(span);
-            self.message.extend_from_slice(&self.label_bytes[start..end]);
+            self.message
+                .extend_from_slice(&self.label_bytes[start..end]);
         }
         bytes_field(&mut self.samples, field::SAMPLE, &self.message);
     }
@@ -481,8 +488,8 @@ fn packed_field(out: &mut Vec<u8>, number: u32, values: &[u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::RawStack;
     use crate::internal_alloc::ProfilerAlloc;
+    use crate::table::RawStack;
     use allocator_api2::vec::Vec as PVec;
 
     fn raw(stacks: &[(&[usize], f64)], overflowed: bool) -> RawSnapshot {
@@ -558,9 +565,17 @@ mod tests {
         // Twice: the second reuses every buffer and must write the same.
         let naming = encoder.encode(&snapshot, &header, None, &mut out).unwrap();
         let mut again = Vec::new();
-        encoder.encode(&snapshot, &header, None, &mut again).unwrap();
+        encoder
+            .encode(&snapshot, &header, None, &mut again)
+            .unwrap();
         assert_eq!(out, again);
-        assert_eq!(naming, RawNaming { locations: 4, named: 0 });
+        assert_eq!(
+            naming,
+            RawNaming {
+                locations: 4,
+                named: 0
+            }
+        );
 
         let profile = crate::decode::read_pprof(&out).expect("a valid pprof profile");
         assert_eq!(profile.time_nanos, 42);
@@ -622,18 +637,33 @@ mod tests {
             if let Some(names) = CachedNames::if_free() {
                 break names;
             }
-            assert!(std::time::Instant::now() < deadline, "the symbolizer stays busy");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the symbolizer stays busy"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         let naming = encoder
             .encode(&snapshot, &header, Some(&names), &mut out)
             .unwrap();
         drop(names);
-        assert_eq!(naming, RawNaming { locations: 1, named: 1 });
+        assert_eq!(
+            naming,
+            RawNaming {
+                locations: 1,
+                named: 1
+            }
+        );
         let profile = crate::decode::read_pprof(&out).unwrap();
         let location = &profile.locations[profile.samples[0].locations[0]];
         let outermost = location.lines.last().expect("named from the cache");
-        assert!(outermost.function.contains("a_cached_function"), "{outermost:?}");
-        assert!(!outermost.system_name.is_empty(), "the raw symbol as system_name");
+        assert!(
+            outermost.function.contains("a_cached_function"),
+            "{outermost:?}"
+        );
+        assert!(
+            !outermost.system_name.is_empty(),
+            "the raw symbol as system_name"
+        );
     }
 }

@@ -42,6 +42,7 @@ pub(crate) use dump_summary::{top_sites, top_spans, TOP_SPANS};
 pub use dump_summary::{
     DumpFiles, DumpSummary, HeapCounters, SeriesPoint, TopSite, SUMMARY_FORMAT,
 };
+pub use naming::{symbolize_set, SymbolizeSetError};
 pub use previous::previous_dump_report;
 pub use triggers::Reason;
 

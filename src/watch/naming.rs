@@ -4,9 +4,11 @@
 //! its profile, flamegraph and summary read as a named set's, on any machine, without the
 //! binary at hand.
 
-use super::dump::{list_sets, read_profile, read_summary, written_by_live_instance, DumpSet};
 use super::dump::DumpWriter;
+use super::dump::{list_sets, read_profile, read_summary, written_by_live_instance, DumpSet};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 /// How a set came out of [`name_set`].
 #[derive(Debug)]
@@ -73,4 +75,70 @@ pub(super) fn name_predecessors(writer: &mut DumpWriter) -> usize {
         }
     }
     named
+}
+
+/// Why [`symbolize_set`] could not name a set.
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolizeSetError {
+    /// The set's summary or profile could not be read.
+    #[error("cannot read the dump set {stem}: {source}")]
+    Read {
+        /// The set's stem.
+        stem: String,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The binary could not name it.
+    #[error(transparent)]
+    Symbolize(#[from] crate::symbolize::SymbolizeError),
+    /// The named files could not be written; the set is as it was.
+    #[error("cannot write the named set {stem}: {source}")]
+    Write {
+        /// The set's stem.
+        stem: String,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// Names a dump set in place from `binary` (the program that wrote it, an unstripped copy, or
+/// its debug file; see [`symbolize_with_binary`](crate::symbolize_with_binary)): its profile,
+/// its flamegraph (drawn anew) and its summary's top sites and spans. What `heapwatch
+/// symbolize SET.json` does for a set written before naming by a program that will not run
+/// here again. Returns how many locations were named; adds at most `max_name_bytes` of names.
+///
+/// ```no_run
+/// use heapwatch::watch::{list_sets, symbolize_set};
+/// for set in list_sets("/var/run/heapwatch".as_ref()) {
+///     let named = symbolize_set(&set, "/srv/orders".as_ref(), 64 << 20)?;
+///     println!("{}: {named} locations named", set.stem);
+/// }
+/// # Ok::<(), heapwatch::watch::SymbolizeSetError>(())
+/// ```
+pub fn symbolize_set(
+    set: &DumpSet,
+    binary: &Path,
+    max_name_bytes: u64,
+) -> Result<usize, SymbolizeSetError> {
+    let read = |source| SymbolizeSetError::Read {
+        stem: set.stem.clone(),
+        source,
+    };
+    let mut summary = read_summary(set).map_err(read)?;
+    let mut profile = read_profile(set).map_err(read)?;
+    let named =
+        crate::symbolize::symbolize_with_binary_within(&mut profile, binary, max_name_bytes)?;
+    summary.named_from(&profile);
+    // The files keep the mode they were written with.
+    let mode = std::fs::symlink_metadata(set.summary())
+        .map(|m| m.permissions().mode())
+        .unwrap_or(super::config::DEFAULT_FILE_MODE);
+    let mut writer = DumpWriter::new(set.dir.clone(), 1).with_file_mode(mode);
+    writer
+        .rewrite_named(set, &profile, &summary)
+        .map_err(|source| SymbolizeSetError::Write {
+            stem: set.stem.clone(),
+            source,
+        })?;
+    Ok(named)
 }

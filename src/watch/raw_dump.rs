@@ -165,7 +165,10 @@ fn top_stacks_profile(
     };
     for stack in largest {
         let start = stack.start as usize;
-        let frames = raw.frames.get(start..start + stack.len as usize).unwrap_or(&[]);
+        let frames = raw
+            .frames
+            .get(start..start + stack.len as usize)
+            .unwrap_or(&[]);
         let mut locations = Vec::with_capacity(frames.len());
         for address in frames.iter().filter_map(|&ip| code_address(ip)) {
             let lines = names
@@ -192,8 +195,13 @@ fn top_stacks_profile(
         let t = &stack.totals;
         profile.samples.push(Sample {
             locations,
-            values: [t.alloc_objects, t.alloc_bytes, t.inuse_objects, t.inuse_bytes]
-                .map(|v| v.round() as i64),
+            values: [
+                t.alloc_objects,
+                t.alloc_bytes,
+                t.inuse_objects,
+                t.inuse_bytes,
+            ]
+            .map(|v| v.round() as i64),
             labels: Vec::new(),
         });
     }

@@ -529,7 +529,11 @@ mod tests {
             pressure.push(logic.tick(input, &mut sources).0.pressure);
         }
         assert_eq!(pressure, [false, false, true, true, false, false]);
-        assert_eq!(sources.snapshots, [0, 1, 4, 5], "none while memory is short");
+        assert_eq!(
+            sources.snapshots,
+            [0, 1, 4, 5],
+            "none while memory is short"
+        );
     }
 
     #[test]
@@ -541,7 +545,11 @@ mod tests {
         let ws = |s: u64| LIMIT * 4 / 10 + s * (20 << 20);
         let decisions = run(&mut logic, start, 0..6, ws, no_requests);
         assert!(!decisions[0].pressure);
-        assert!(decisions[5].pressure, "{:?}", decisions[5].reading.eta_seconds);
+        assert!(
+            decisions[5].pressure,
+            "{:?}",
+            decisions[5].reading.eta_seconds
+        );
         assert!(decisions[5].retake_reserve);
     }
 

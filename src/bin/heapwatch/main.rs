@@ -102,17 +102,20 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
-    /// Name a profile written without names (a stripped binary, another machine): inlined
-    /// frames, files and lines from DWARF where found, else the symbol table.
+    /// Name a profile written without names (a stripped binary, another machine, a dump
+    /// written near the limit before naming): inlined frames, files and lines from DWARF where
+    /// found, else the symbol table. Given a dump set's summary (`heapwatch-….json`), names
+    /// the whole set in place: profile, flamegraph and the summary's top sites.
     Symbolize {
-        /// A pprof heap profile.
+        /// A pprof heap profile, or a dump set's `.json` summary.
         file: PathBuf,
         /// The binary that wrote it (same build: matched by build id), an unstripped copy, or
         /// its separate debug file; a debug file it links to (`.gnu_debuglink`, or by build id
         /// under /usr/lib/debug and `HEAPWATCH_DEBUG_PATH`) is used too.
         #[arg(long)]
         binary: PathBuf,
-        /// Where to write the named profile (default: FILE with `.symbolized.pb.gz`).
+        /// Where to write the named profile (default: FILE with `.symbolized.pb.gz`); not
+        /// for a set, which is named in place.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
@@ -173,6 +176,24 @@ fn run(command: Command, limits: &DecodeLimits) -> Result<(), String> {
             binary,
             output,
         } => {
+            if let Some(set) = dump_set_of_summary(&file) {
+                if output.is_some() {
+                    return Err(format!(
+                        "{}: a dump set is named in place; --output is for a .pb.gz",
+                        file.display()
+                    ));
+                }
+                let named =
+                    heapwatch::watch::symbolize_set(&set, &binary, limits.max_decoded_bytes)
+                        .map_err(|e| e.to_string())?;
+                println!(
+                    "named {named} locations; rewrote {}, {} and {}",
+                    set.profile().display(),
+                    set.flamegraph().display(),
+                    set.summary().display()
+                );
+                return Ok(());
+            }
             let mut profile = load(&file, limits)?;
             // The names it adds are bounded like the profile itself: a hostile profile of many
             // locations in one function would otherwise be named into gigabytes.
@@ -201,6 +222,21 @@ fn run(command: Command, limits: &DecodeLimits) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The dump set whose summary `file` is (`heapwatch-….json`), if it is one.
+fn dump_set_of_summary(file: &Path) -> Option<heapwatch::watch::DumpSet> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".json")?;
+    stem.starts_with(heapwatch::watch::DUMP_PREFIX)
+        .then(|| heapwatch::watch::DumpSet {
+            dir: file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            stem: stem.to_owned(),
+        })
 }
 
 /// Reads a profile within `limits`, inflating as it reads: a hostile file is refused before it
