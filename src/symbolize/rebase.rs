@@ -12,6 +12,8 @@ use std::collections::HashMap;
 pub(crate) struct Rebased {
     /// Locations given names.
     pub(crate) named: usize,
+    /// Locations that had names already (from the symbolizer's cache at the dump).
+    pub(crate) had_names: usize,
     /// Locations still without a name: in a mapping of no object loaded here, or at an
     /// address its object has no name for.
     pub(crate) unnamed: usize,
@@ -44,6 +46,7 @@ pub(crate) fn name_by_build_id(profile: &mut Profile) -> Rebased {
     let mut unmatched = vec![false; profile.mappings.len()];
     for (index, location) in profile.locations.iter().enumerate() {
         if !location.lines.is_empty() {
+            outcome.had_names += 1;
             continue;
         }
         let Some(m) = location.mapping.filter(|&m| m < profile.mappings.len()) else {
@@ -82,10 +85,11 @@ pub(crate) fn name_by_build_id(profile: &mut Profile) -> Rebased {
                 outcome.named += 1;
             }
         }
-        #[cfg(feature = "dwarf")]
-        super::closures_after_callers(profile);
-        super::leaves::trim_leaves(profile);
     }
+    // Also when every name came from the cache at the dump: the machinery is cut only now.
+    #[cfg(feature = "dwarf")]
+    super::closures_after_callers(profile);
+    super::leaves::trim_leaves(profile);
     outcome.unmatched = profile
         .mappings
         .iter()

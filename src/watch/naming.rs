@@ -30,7 +30,7 @@ pub(super) fn name_set(writer: &mut DumpWriter, set: &DumpSet) -> io::Result<Nam
     }
     let mut profile = read_profile(set)?;
     let outcome = crate::symbolize::name_by_build_id(&mut profile);
-    if outcome.named == 0 {
+    if outcome.named == 0 && outcome.had_names == 0 {
         return Ok(Naming::NotThisProgram {
             mappings: outcome.unmatched,
         });
@@ -40,7 +40,8 @@ pub(super) fn name_set(writer: &mut DumpWriter, set: &DumpSet) -> io::Result<Nam
     writer.rewrite_named(set, &profile, &summary)?;
     tracing::info!(
         set = %set.stem,
-        locations = outcome.named,
+        named = outcome.named,
+        named_before = outcome.had_names,
         unnamed = outcome.unnamed,
         top_site = summary.top_sites.first().map_or("-", |s| s.function.as_str()),
         "heapwatch: dump named"
