@@ -401,6 +401,76 @@ fn symbolize_names_a_stripped_profile() {
     );
 }
 
+/// A set written before naming (here by a service told to leave naming to its next instance,
+/// which never comes) is named in place by `heapwatch symbolize SET.json --binary`: its
+/// profile, flamegraph and summary.
+#[test]
+fn symbolize_names_a_set_written_before_naming_in_place() {
+    let dir = scratch("symbolize-set");
+    let dumps = dir.join("dumps");
+    let service = common::example_binary("leaky_service");
+    let run = Command::new(&service)
+        .args(["--seconds", "2"])
+        .env("HEAPWATCH_DIR", &dumps)
+        .env("HEAPWATCH_LIMIT", "64MiB")
+        .env("HEAPWATCH_TICK", "100ms")
+        .env("HEAPWATCH_NAMING", "next-instance")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let set = heapwatch::watch::list_sets(&dumps)
+        .pop()
+        .expect("a dump set");
+    let before = heapwatch::watch::read_summary(&set).unwrap();
+    assert!(!before.named, "written before naming");
+    let flamegraph_before = std::fs::read_to_string(set.flamegraph()).unwrap();
+    assert!(!flamegraph_before.contains("leak_session_cache"));
+
+    let out = heapwatch(&[
+        "symbolize",
+        set.summary().to_str().unwrap(),
+        "--binary",
+        service.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("rewrote"), "{said}");
+    let after = heapwatch::watch::read_summary(&set).unwrap();
+    assert!(after.named);
+    assert_eq!(after.unix_ms, before.unix_ms, "the same set");
+    assert!(
+        after.top_sites[0].function.ends_with("leak_session_cache"),
+        "{:?}",
+        after.top_sites
+    );
+    let top = common::pprof_top(&set.profile(), "inuse_space");
+    assert!(
+        top.first()
+            .is_some_and(|(f, _)| f.ends_with("leak_session_cache")),
+        "{top:?}"
+    );
+    let flamegraph = std::fs::read_to_string(set.flamegraph()).unwrap();
+    assert!(flamegraph.contains("leak_session_cache"));
+    // -o is for a profile; a set is named in place.
+    let refused = heapwatch(&[
+        "symbolize",
+        set.summary().to_str().unwrap(),
+        "--binary",
+        service.to_str().unwrap(),
+        "-o",
+        dir.join("x.pb.gz").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+}
+
 /// A dump written by a binary stripped of its symbols and DWARF (`strip --strip-all`, debug
 /// info shipped apart as production images do) is named twice over: at run time, when the
 /// debug file is found by build id under `HEAPWATCH_DEBUG_PATH`, and offline, by
