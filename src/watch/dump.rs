@@ -154,6 +154,13 @@ impl DumpWriter {
         &self.dir
     }
 
+    /// A writer for naming this one's sets in place (and adopted ones) from another thread:
+    /// the same directory and file mode, its own buffers, and no lock of its own — it never
+    /// writes a new set.
+    pub(crate) fn for_naming(&self) -> DumpWriter {
+        DumpWriter::new(self.dir.clone(), self.keep).with_file_mode(self.file_mode)
+    }
+
     /// The stem for a set written at `unix_ms` for `reason_slug`.
     pub(crate) fn next_stem(&mut self, unix_ms: u64, reason_slug: &str) -> String {
         self.sequence += 1;

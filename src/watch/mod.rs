@@ -18,6 +18,7 @@
 mod config;
 mod dump;
 mod dump_summary;
+mod namer;
 mod naming;
 mod previous;
 mod raw_dump;

@@ -4,10 +4,9 @@
 //! tick is done — to [`crate::published`] and the `metrics` facade.
 
 use super::config::{DumpNaming, WatchConfig};
-use super::dump::{DumpSet, DumpWriter};
+use super::dump::DumpWriter;
 use super::dump_summary::{DumpContext, DumpSummary};
-use super::naming::{self, Naming};
-use super::previous;
+use super::namer::{Namer, NamerSetup};
 use super::raw_dump::RawDumper;
 use super::request;
 use super::tick::{TickDecision, TickInput, TickLogic, TickSources};
@@ -21,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How much of the series a summary carries.
 const SERIES_SPAN: Duration = Duration::from_secs(600);
-/// How often the symbol cache is brought up to date at the least, so a dump near the limit
-/// finds names resolved; sooner whenever the table has new stacks.
-const WARM_SYMBOLS_EVERY: Duration = Duration::from_secs(10);
+/// How often the raw dump's buffers and list of loaded objects are brought up to date at the
+/// least; sooner whenever the table has new stacks.
+const PREPARE_EVERY: Duration = Duration::from_secs(10);
 /// Tick used for a while after an early wake.
 const FOLLOW_UP_TICK: Duration = Duration::from_millis(50);
 /// How long the short tick lasts after an early wake.
@@ -40,15 +39,14 @@ pub(super) struct Watcher {
     writer: DumpWriter,
     logic: TickLogic,
     reserve: Vec<u8>,
-    last_warm: Option<Instant>,
-    /// The table's stack count at the last warming: new stacks are named as they appear.
-    stacks_warmed: u64,
+    last_prepared: Option<Instant>,
+    /// The table's stack count when the raw dump was last prepared.
+    stacks_prepared: u64,
     /// Who names the dumps written near the limit (as configured, `Auto` resolved at start).
     naming: DumpNaming,
     raw: RawDumper,
-    /// This watch's sets written before naming, oldest first, to name once the pressure has
-    /// passed.
-    unnamed: Vec<DumpSet>,
+    /// The thread that names, started by `run`: `None` before.
+    namer: Option<Namer>,
 }
 
 impl Watcher {
@@ -65,11 +63,11 @@ impl Watcher {
                 .with_file_mode(config.file_mode),
             logic: TickLogic::new(config, Instant::now()),
             reserve: Vec::new(),
-            last_warm: None,
-            stacks_warmed: 0,
+            last_prepared: None,
+            stacks_prepared: 0,
             naming,
             raw: RawDumper::new(),
-            unnamed: Vec::new(),
+            namer: None,
         }
     }
 
@@ -82,14 +80,14 @@ impl Watcher {
         self.writer.prune();
         let memory = self.memory();
         self.naming = self.naming.resolve(memory.limit);
-        // Before the report, so that it names what grew: a set the previous instance wrote
-        // near its limit carries addresses only.
-        naming::name_predecessors(&mut self.writer);
-        if self.naming == DumpNaming::NextInstance {
-            // A small container: the tables that named them are not kept.
-            crate::symbolize::release_loaded();
-        }
-        previous::report_previous(self.writer.dir(), self.cgroup.as_ref(), memory.oom_kills);
+        // Names the previous instances' sets, then reports the newest: on its own thread, so
+        // that this one is ready to dump from its first tick.
+        self.namer = Some(Namer::start(NamerSetup {
+            naming: self.naming,
+            writer: self.writer.for_naming(),
+            cgroup: self.cgroup.clone(),
+            oom_kills: memory.oom_kills,
+        }));
         tracing::info!(
             dir = %self.writer.dir().display(),
             limit = memory.limit,
@@ -99,7 +97,6 @@ impl Watcher {
             "heapwatch: watching"
         );
         self.take_reserve();
-        self.raw.prepare();
         // After an early wake, memory the heap just took is often not resident yet (a buffer
         // is allocated, then filled): look again at a short interval for a while, so the
         // working set is seen when it catches up rather than a whole tick later.
@@ -116,6 +113,8 @@ impl Watcher {
             }
         }
         wake::disarm();
+        // Stops the namer, after the set it is naming, if any.
+        self.namer = None;
     }
 
     fn memory(&self) -> MemoryReading {
@@ -181,44 +180,25 @@ impl Watcher {
         };
         crate::metrics_export::record(&latest);
         published::publish_latest(latest);
+        if let Some(namer) = &self.namer {
+            namer.set_pressure(pressure);
+        }
         if !pressure {
-            self.while_memory_is_ample(now);
+            self.prepare_raw_dump(now);
         }
     }
 
-    /// What is kept away from the limit: naming the sets written before naming, naming new
-    /// stacks as they appear, listing the loaded objects and sizing the raw dump's buffers.
-    fn while_memory_is_ample(&mut self, now: Instant) {
-        if self.naming != DumpNaming::InProcess {
-            self.raw.prepare();
-            return;
-        }
+    /// While memory is ample: the loaded objects listed and the raw dump's buffers sized to
+    /// the table, whenever it has new stacks and every 10 s.
+    fn prepare_raw_dump(&mut self, now: Instant) {
         let stacks = crate::table::profiler_stats().stacks;
         let due = self
-            .last_warm
-            .is_none_or(|t| now.duration_since(t) >= WARM_SYMBOLS_EVERY);
-        if due || stacks != self.stacks_warmed {
-            crate::symbolize::warm_symbol_cache();
+            .last_prepared
+            .is_none_or(|t| now.duration_since(t) >= PREPARE_EVERY);
+        if due || stacks != self.stacks_prepared {
             self.raw.prepare();
-            self.last_warm = Some(now);
-            self.stacks_warmed = stacks;
-        }
-        for set in std::mem::take(&mut self.unnamed) {
-            match naming::name_set(&mut self.writer, &set) {
-                Ok(Naming::Named | Naming::AlreadyNamed) => {}
-                Ok(Naming::NotThisProgram { mappings }) => tracing::warn!(
-                    set = %set.stem,
-                    mappings = ?mappings,
-                    "heapwatch: none of the dump's addresses could be named"
-                ),
-                // Rotated away meanwhile, or the directory is gone: nothing left to name.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => tracing::warn!(
-                    set = %set.stem,
-                    %error,
-                    "heapwatch: cannot name a dump written near the limit"
-                ),
-            }
+            self.last_prepared = Some(now);
+            self.stacks_prepared = stacks;
         }
     }
 
@@ -276,8 +256,8 @@ impl Watcher {
                     top_site = summary.top_sites.first().map(|s| s.function.as_str()).unwrap_or("-"),
                     "heapwatch: dump written before naming; names follow"
                 );
-                if self.naming == DumpNaming::InProcess {
-                    self.unnamed.push(set);
+                if let Some(namer) = self.namer.as_ref().filter(|_| self.naming == DumpNaming::InProcess) {
+                    namer.name_later(set);
                 }
             }
             Err(e) => {
