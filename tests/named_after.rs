@@ -99,7 +99,11 @@ fn main() {
     );
 
     drop(held);
-    println!("named_after: memory given back, rss {} MiB of a {} MiB limit", rss() >> 20, limit >> 20);
+    println!(
+        "named_after: memory given back, rss {} MiB of a {} MiB limit",
+        rss() >> 20,
+        limit >> 20
+    );
     let after = wait_for(
         "the set named once the pressure passed",
         Duration::from_secs(20),
@@ -110,7 +114,10 @@ fn main() {
         after.top_sites.first(),
         rss() >> 20
     );
-    assert_eq!(after.unix_ms, before.unix_ms, "the same set, named in place");
+    assert_eq!(
+        after.unix_ms, before.unix_ms,
+        "the same set, named in place"
+    );
     assert_eq!(
         after.top_sites.first().map(|s| s.function.as_str()),
         Some(expected.as_str())

@@ -4,19 +4,21 @@
 //! As root on Linux, the test makes a child memory cgroup of its own (under the cgroup it runs
 //! in, v1 or v2), limits it to 192 MiB, runs `examples/leaky_service.rs` in it until the kernel
 //! kills it with SIGKILL, and reads what it left: at least one dump set written before the kill,
-//! `go tool pprof -top` naming the leaking function first, the flamegraph naming it, the
-//! summary's reason a threshold or a prediction. Then it starts the service again in the same
-//! directory and checks the new instance reports its predecessor's dump. The cgroup is removed
-//! at the end, whatever happens.
+//! before naming (so near the limit), `go tool pprof -top` naming the leaking function first
+//! all the same (the binary at hand), the summary's reason a threshold or a prediction. Then it
+//! starts the service again in the same directory and checks the new instance names its
+//! predecessor's set in place (`go tool pprof -symbolize=none`, no binary at hand, and the
+//! flamegraph name the leak) and reports it. The cgroup is removed at the end, whatever
+//! happens.
 //!
 //! Where it cannot run (not root, no memory controller) it says so loudly and exits 0 — unless
 //! `HEAPWATCH_REQUIRE_PRIVILEGED=1` (set by `.ci/run`), where that is a failure.
 
-use heapwatch::watch::{list_sets, read_summary, Cgroup, CgroupVersion};
-use std::ffi::CString;
+use common::cgroup::{self, ChildCgroup};
+use heapwatch::watch::{list_sets, read_summary};
 use std::fs;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,76 +28,18 @@ const LIMIT_BYTES: u64 = 192 << 20;
 const KILL_TIMEOUT: Duration = Duration::from_secs(90);
 const LEAKING_FUNCTION: &str = "leak_session_cache";
 
-/// A child cgroup of our own, removed on drop.
-struct ChildCgroup {
-    dir: PathBuf,
-}
-
-impl ChildCgroup {
-    fn create(parent: &Cgroup) -> Result<Self, String> {
-        let dir = parent
-            .dir
-            .join(format!("heapwatch-test-{}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let child = ChildCgroup { dir };
-        let write = |file: &str, value: &str| {
-            fs::write(child.dir.join(file), value)
-                .map_err(|e| format!("write {value} to {file}: {e}"))
-        };
-        match parent.version {
-            CgroupVersion::V1 => {
-                write("memory.limit_in_bytes", &LIMIT_BYTES.to_string())?;
-                // Without swap the limit is reached at once; with it, the kernel would swap
-                // for a long time first.
-                let _ = write("memory.swappiness", "0");
-                let _ = write("memory.memsw.limit_in_bytes", &LIMIT_BYTES.to_string());
-            }
-            CgroupVersion::V2 => {
-                write("memory.max", &LIMIT_BYTES.to_string())?;
-                let _ = write("memory.swap.max", "0");
-            }
-        }
-        Ok(child)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        // The killed process may take a moment to leave the cgroup.
-        for _ in 0..50 {
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("oom_kill: could not remove {}", self.dir.display());
-    }
-}
-
-fn cannot_run(why: &str) {
-    let banner = "!".repeat(78);
-    eprintln!("{banner}\noom_kill: NOT RUN: {why}\n{banner}");
-    if std::env::var("HEAPWATCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("oom_kill: HEAPWATCH_REQUIRE_PRIVILEGED=1, so this is a failure");
-        std::process::exit(1);
-    }
-}
-
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return cannot_run("needs root to create a memory cgroup");
-    }
-    let Some(parent) = Cgroup::of_this_process() else {
-        return cannot_run("no memory cgroup controller found in /proc/self/cgroup");
+    let Some(parent) = cgroup::parent_or_cannot_run("oom_kill") else {
+        return;
     };
-    if parent.version == CgroupVersion::V2 {
-        // A v2 child only gets a memory controller if the parent delegates it.
-        let _ = fs::write(parent.dir.join("cgroup.subtree_control"), "+memory");
-    }
-    let child = match ChildCgroup::create(&parent) {
+    let child = match ChildCgroup::create(&parent, LIMIT_BYTES) {
         Ok(child) => child,
-        Err(e) => return cannot_run(&format!("cannot set up a child memory cgroup: {e}")),
+        Err(e) => {
+            return cgroup::cannot_run(
+                "oom_kill",
+                &format!("cannot set up a child memory cgroup: {e}"),
+            )
+        }
     };
     println!(
         "oom_kill: cgroup {} ({:?}), limit {} MiB",
@@ -108,7 +52,7 @@ fn main() {
     let _ = fs::remove_dir_all(&dumps);
     let service = common::example_binary("leaky_service");
 
-    let killed_at = run_until_killed(&service, &dumps, &child.dir);
+    let killed_at = run_until_killed(&service, &dumps, &child);
     check_evidence(&dumps, killed_at);
     drop(child);
     check_next_instance_reports(&service, &dumps);
@@ -118,14 +62,7 @@ fn main() {
 
 /// Runs the service inside the cgroup; returns when the kernel killed it (in ms since the
 /// epoch).
-fn run_until_killed(service: &Path, dumps: &Path, cgroup: &Path) -> u64 {
-    let procs = CString::new(
-        cgroup
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .expect("path without NUL");
+fn run_until_killed(service: &Path, dumps: &Path, cgroup: &ChildCgroup) -> u64 {
     let mut command = Command::new(service);
     command
         .env("HEAPWATCH_DIR", dumps)
@@ -133,33 +70,7 @@ fn run_until_killed(service: &Path, dumps: &Path, cgroup: &Path) -> u64 {
         .env("HEAPWATCH_KEEP", "10")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: between fork and exec the closure only calls async-signal-safe functions (open,
-    // write, close, getpid) on memory prepared before the fork, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut digits = [0u8; 20];
-            let mut pid = libc::getpid() as u32;
-            let mut at = digits.len();
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (pid % 10) as u8;
-                pid /= 10;
-                if pid == 0 {
-                    break;
-                }
-            }
-            let written = libc::write(fd, digits[at..].as_ptr().cast(), digits.len() - at);
-            libc::close(fd);
-            if written < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cgroup.place(&mut command);
     let start = Instant::now();
     let mut child = command.spawn().expect("start leaky_service in the cgroup");
     let status = loop {
@@ -230,20 +141,21 @@ fn check_evidence(dumps: &Path, killed_at: u64) {
         "top site of the newest summary: {:?}",
         summary.top_sites.first()
     );
+    // Written near the limit, before naming: addresses and the names the cache held, the
+    // allocation machinery cut at the leaf as far as those names tell it.
+    assert!(
+        !summary.named,
+        "a dump this near the limit is written before naming"
+    );
     let top = common::pprof_top(&newest.profile(), "inuse_space");
     println!(
-        "oom_kill: go tool pprof -top, first rows: {:?}",
+        "oom_kill: go tool pprof -top before naming, first rows: {:?}",
         &top[..top.len().min(3)]
     );
     assert!(
         top.first()
             .is_some_and(|(f, _)| f.contains(LEAKING_FUNCTION)),
-        "go tool pprof -top should put {LEAKING_FUNCTION} first: {top:?}"
-    );
-    let svg = fs::read_to_string(newest.flamegraph()).expect("flamegraph");
-    assert!(
-        svg.contains(LEAKING_FUNCTION),
-        "the flamegraph names the leak"
+        "go tool pprof -top (the binary at hand) should put {LEAKING_FUNCTION} first: {top:?}"
     );
     let modified = fs::metadata(newest.summary())
         .and_then(|m| m.modified())
@@ -280,6 +192,25 @@ fn check_next_instance_reports(service: &Path, dumps: &Path) {
     assert!(
         report.contains(&newest.stem),
         "names the newest set: {report}"
+    );
+    // The new instance named its predecessor's sets in place: the profile, with the names in
+    // it (read on a machine without the binary), the flamegraph and the summary.
+    let summary = read_summary(&newest).expect("summary");
+    assert!(summary.named, "named by the next instance");
+    let top = common::pprof_top_without_binary(&newest.profile(), "inuse_space");
+    println!(
+        "oom_kill: go tool pprof -symbolize=none -top after the restart, first rows: {:?}",
+        &top[..top.len().min(3)]
+    );
+    assert!(
+        top.first()
+            .is_some_and(|(f, _)| f.contains(LEAKING_FUNCTION)),
+        "go tool pprof -symbolize=none -top should put {LEAKING_FUNCTION} first: {top:?}"
+    );
+    let svg = fs::read_to_string(newest.flamegraph()).expect("flamegraph");
+    assert!(
+        svg.contains(LEAKING_FUNCTION),
+        "the flamegraph names the leak"
     );
 }
 

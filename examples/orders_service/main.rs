@@ -4,8 +4,10 @@
 //!
 //! Three kinds of route:
 //! - `GET /orders/{id}` leaks: it remembers 64 KiB of session data per request in
-//!   `handlers::retain_session_blob`, a small helper that the compiler inlines into the async
+//!   `handlers::retain_session_blob`, a small helper that the compiler inlines into each async
 //!   handler, which it inlines in turn into axum's generic `Handler::call` closure;
+//! - `GET /orders/bulk/{count}`, a bulk import, leaks through the same helper `count` times
+//!   over (at most 1024: 64 MiB a request); `tests/fast_leak.rs` drives it into cgroup limits;
 //! - `GET /report` allocates an 8 MiB report, sends it and drops it (a burst, not a leak);
 //! - `GET /health` allocates next to nothing.
 //!
@@ -106,6 +108,7 @@ async fn main() {
 
     let app = Router::new()
         .route("/orders/{id}", get(handlers::get_order))
+        .route("/orders/bulk/{count}", get(handlers::get_orders_bulk))
         .route("/report", get(handlers::get_report))
         .route("/health", get(handlers::health))
         .route_layer(axum::middleware::from_fn(in_request_span))

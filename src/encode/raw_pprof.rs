@@ -9,6 +9,7 @@
 //! compressed by a deflate state it keeps too: once its buffers have grown to the table's
 //! size, a dump allocates nothing here.
 
+use crate::plumbing::is_machinery;
 use crate::profile::SampleType;
 use crate::symbolize::{code_address, CachedNames, ModuleInfo};
 use crate::table::{RawSnapshot, RawStackTotals};
@@ -63,6 +64,20 @@ pub(crate) struct RawNaming {
 
 type Map<K, V> = HashMap<K, V, FixedState>;
 
+/// A written location, as the leaf end of a stack sees it: whether its cached names are the
+/// allocation machinery (heapwatch's own frames, the allocator shims, std's collections),
+/// cut from the leaf end as a named profile's are.
+#[derive(Clone, Copy, Debug)]
+enum Leaf {
+    /// The program's code, or code without names: the stack starts here.
+    Program,
+    /// Machinery through and through: left out at the leaf end.
+    Machinery,
+    /// Machinery inlined into the program's code: at the leaf end, the location of the same
+    /// address with the machinery's frames left out.
+    Partly { trimmed: u64 },
+}
+
 /// The raw pprof encoder, with its buffers.
 pub(crate) struct RawPprofEncoder {
     /// The profile's fields other than samples, code and strings.
@@ -77,7 +92,7 @@ pub(crate) struct RawPprofEncoder {
     /// Pre-encoded `label` fields of each span tag seen: a range of `label_bytes`.
     span_labels: Map<u32, (usize, usize)>,
     label_bytes: Vec<u8>,
-    location_ids: Map<u64, u64>,
+    location_ids: Map<u64, (u64, Leaf)>,
     location_count: u64,
     /// By (function, system name, file) name ids.
     function_ids: Map<(u32, u32, u32), u64>,
@@ -86,8 +101,9 @@ pub(crate) struct RawPprofEncoder {
     string_count: u64,
     /// Per module: whether a location in it was written with names.
     module_named: Vec<bool>,
-    /// Locations of each stack being written.
+    /// Locations of each stack being written, and the machinery left out at its leaf end.
     stack: Vec<u64>,
+    cut: Vec<u64>,
     deflate: Compress,
 }
 
@@ -109,6 +125,7 @@ impl Default for RawPprofEncoder {
             string_count: 0,
             module_named: Vec::new(),
             stack: Vec::new(),
+            cut: Vec::new(),
             // The fastest level, as for every profile: near the limit time matters most.
             deflate: Compress::new(Compression::fast(), false),
         }
@@ -134,6 +151,7 @@ impl RawPprofEncoder {
         let _ = self.function_ids.try_reserve(slack(distinct));
         let _ = self.string_ids.try_reserve(slack(distinct));
         let _ = self.stack.try_reserve(256);
+        let _ = self.cut.try_reserve(256);
     }
 
     /// Encodes `raw` as a gzip-compressed pprof heap profile into `out` (cleared first).
@@ -153,6 +171,7 @@ impl RawPprofEncoder {
                 continue;
             }
             self.stack.clear();
+            self.cut.clear();
             let start = stack.start as usize;
             let frames = raw
                 .frames
@@ -162,11 +181,20 @@ impl RawPprofEncoder {
                 let Some(address) = code_address(return_address) else {
                     continue;
                 };
-                let id = match self.location_ids.get(&address) {
-                    Some(&id) => id,
+                let (id, leaf) = match self.location_ids.get(&address) {
+                    Some(&found) => found,
                     None => self.write_location(address, header.modules, names, &mut naming),
                 };
-                self.stack.push(id);
+                match leaf {
+                    _ if !self.stack.is_empty() => self.stack.push(id),
+                    Leaf::Program => self.stack.push(id),
+                    Leaf::Machinery => self.cut.push(id),
+                    Leaf::Partly { trimmed } => self.stack.push(trimmed),
+                }
+            }
+            if self.stack.is_empty() {
+                // Machinery all through: no program frame to blame, so the stack stays whole.
+                std::mem::swap(&mut self.stack, &mut self.cut);
             }
             if stack.len == 0 && raw.overflowed {
                 let id = *overflow_location
@@ -254,10 +282,9 @@ impl RawPprofEncoder {
         modules: &[ModuleInfo],
         names: Option<&CachedNames>,
         naming: &mut RawNaming,
-    ) -> u64 {
+    ) -> (u64, Leaf) {
         self.location_count += 1;
         let id = self.location_count;
-        self.location_ids.insert(address, id);
         naming.locations += 1;
         let module = modules
             .iter()
@@ -269,21 +296,48 @@ impl RawPprofEncoder {
         }
         varint_field(&mut self.message, 3, address);
         let lines = names.and_then(|names| Some((names, names.lines(address)?)));
+        let mut leaf = Leaf::Program;
         if let Some((names, lines)) = lines {
             naming.named += 1;
             if let Some(module) = module {
                 self.module_named[module] = true;
             }
-            for entry in lines {
-                let function = self.function(names, entry);
-                self.nested.clear();
-                varint_field(&mut self.nested, 1, function);
-                varint_field(&mut self.nested, 2, u64::from(entry.line));
-                bytes_field(&mut self.message, 4, &self.nested);
+            self.write_lines(names, lines);
+            let cut = lines
+                .iter()
+                .take_while(|entry| is_machinery(names.text(entry.function)))
+                .count();
+            if cut == lines.len() {
+                leaf = Leaf::Machinery;
+            } else if cut > 0 {
+                // The same address again, without the machinery's frames.
+                bytes_field(&mut self.code, field::LOCATION, &self.message);
+                self.location_count += 1;
+                let trimmed = self.location_count;
+                self.message.clear();
+                varint_field(&mut self.message, 1, trimmed);
+                if let Some(module) = module {
+                    varint_field(&mut self.message, 2, module as u64 + 1);
+                }
+                varint_field(&mut self.message, 3, address);
+                self.write_lines(names, &lines[cut..]);
+                leaf = Leaf::Partly { trimmed };
             }
         }
         bytes_field(&mut self.code, field::LOCATION, &self.message);
-        id
+        self.location_ids.insert(address, (id, leaf));
+        (id, leaf)
+    }
+
+    /// The `line` fields of the location in `message`.
+    fn write_lines(&mut self, names: &CachedNames, lines: &[crate::symbolize::LineEntry]) {
+        for entry in lines {
+            let function = self.function(names, entry);
+            self.nested.clear();
+            varint_field(&mut self.nested, 1, function);
+            varint_field(&mut self.nested, 2, u64::from(entry.line));
+            bytes_field(&mut self.message, 4, &self.nested);
+        }
     }
 
     /// The location of a name that stands for no code (the overflow stack).
@@ -621,7 +675,9 @@ mod tests {
         }
         let return_address = a_cached_function as *const () as usize + 1;
         let address = return_address as u64 - 1;
-        let _ = crate::symbolize::symbolize(&[address]);
+        // heapwatch's own frame: machinery, cut from the leaf end.
+        let own = crate::table::raw_size as *const () as usize + 1;
+        let _ = crate::symbolize::symbolize(&[address, own as u64 - 1]);
         let modules = crate::symbolize::loaded_module_infos();
         let header = RawProfileHeader {
             time_nanos: 1,
@@ -629,7 +685,7 @@ mod tests {
             modules: &modules,
             overflow_frame: "[full]",
         };
-        let snapshot = raw(&[(&[return_address], 64.0)], false);
+        let snapshot = raw(&[(&[own, return_address], 64.0), (&[own], 8.0)], false);
         let mut encoder = RawPprofEncoder::default();
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -650,11 +706,20 @@ mod tests {
         assert_eq!(
             naming,
             RawNaming {
-                locations: 1,
-                named: 1
+                locations: 2,
+                named: 2
             }
         );
         let profile = crate::decode::read_pprof(&out).unwrap();
+        assert_eq!(
+            profile.samples[0].locations.len(),
+            1,
+            "the machinery is cut"
+        );
+        // Machinery all through: kept whole.
+        let whole = &profile.locations[profile.samples[1].locations[0]];
+        let outer = &whole.lines.last().unwrap().function;
+        assert!(outer.contains("raw_size"), "{whole:?}");
         let location = &profile.locations[profile.samples[0].locations[0]];
         let outermost = location.lines.last().expect("named from the cache");
         assert!(

@@ -86,7 +86,10 @@ impl Namer {
             Err(error) => {
                 tracing::warn!(%error, "heapwatch: cannot start the naming thread; dumps near \
                     the limit stay unnamed until the next instance names them");
-                let taken = handoff.lock().unwrap_or_else(PoisonError::into_inner).take();
+                let taken = handoff
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
                 if let Some(setup) = taken {
                     report(&setup);
                 }

@@ -120,7 +120,7 @@ impl RawDumper {
         if totals.iter().all(|(span, _)| *span == 0) {
             return Vec::new();
         }
-        totals.sort_by(|a, b| b.1.inuse_bytes.cmp(&a.1.inuse_bytes));
+        totals.sort_by_key(|(_, total)| std::cmp::Reverse(total.inuse_bytes));
         totals
             .iter()
             .filter(|(_, total)| total.inuse_bytes > 0)

@@ -256,7 +256,11 @@ impl Watcher {
                     top_site = summary.top_sites.first().map(|s| s.function.as_str()).unwrap_or("-"),
                     "heapwatch: dump written before naming; names follow"
                 );
-                if let Some(namer) = self.namer.as_ref().filter(|_| self.naming == DumpNaming::InProcess) {
+                if let Some(namer) = self
+                    .namer
+                    .as_ref()
+                    .filter(|_| self.naming == DumpNaming::InProcess)
+                {
                     namer.name_later(set);
                 }
             }

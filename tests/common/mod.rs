@@ -1,7 +1,9 @@
-//! Helpers shared by the integration tests: the crate's example binaries, `go tool pprof`, and
-//! waiting for a forked child.
+//! Helpers shared by the integration tests: the crate's example binaries, `go tool pprof`,
+//! waiting for a forked child, and child memory cgroups ([`cgroup`]).
 
 #![allow(dead_code)]
+
+pub mod cgroup;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,6 +93,71 @@ pub fn go_pprof(args: &[&str], source: &str, fetched_to: &Path) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `go tool pprof ARGS PROFILE` with `cwd` as the current directory and `PPROF_BINARY_PATH`
+/// an empty directory under it, so that no binary is at hand to symbolize with: what an
+/// engineer's laptop sees of a profile copied out of a pod. Its standard output, or why it
+/// failed (nothing panics: a caller collecting failures goes on).
+pub fn try_go_pprof(args: &[&str], profile: &Path, cwd: &Path) -> Result<String, String> {
+    let no_binaries = cwd.join("no-binaries");
+    std::fs::create_dir_all(&no_binaries)
+        .map_err(|e| format!("mkdir {}: {e}", no_binaries.display()))?;
+    let output = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(profile)
+        .current_dir(cwd)
+        .env("PPROF_BINARY_PATH", &no_binaries)
+        .env("PPROF_TMPDIR", cwd)
+        .output()
+        .map_err(|e| {
+            format!("`go tool pprof` could not be run ({e}): install Go (Debian package golang-go)")
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "go tool pprof {args:?} {} failed: {}",
+            profile.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `go tool pprof -symbolize=none -top` as (function, flat) rows, on a copy of `profile` in a
+/// directory of its own, with no binary anywhere pprof would look: what an engineer sees of a
+/// dump copied off a dead pod (`kubectl cp`) onto a laptop without the program.
+pub fn pprof_top_without_binary(profile: &Path, sample_index: &str) -> Vec<(String, i64)> {
+    let scratch = std::env::temp_dir().join(format!(
+        "heapwatch-pprof-copy-{}-{}",
+        std::process::id(),
+        profile
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("profile")
+    ));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    let copy = scratch.join("copied.pb.gz");
+    std::fs::copy(profile, &copy).expect("copy the profile");
+    let index = format!("-sample_index={sample_index}");
+    let text = try_go_pprof(
+        &[
+            "-symbolize=none",
+            "-top",
+            "-nodefraction=0",
+            "-unit=B",
+            &index,
+        ],
+        &copy,
+        &scratch,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    top_rows(&text)
+        .into_iter()
+        .filter_map(|(flat, function)| Some((function, flat.trim_end_matches('B').parse().ok()?)))
+        .collect()
 }
 
 /// The rows of a `go tool pprof -top` report, in its order, as (flat as printed, function).
