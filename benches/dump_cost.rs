@@ -58,6 +58,9 @@ static ALLOC: PeakTracking<heapwatch::Alloc<heapwatch::Jemalloc>> = PeakTracking
 
 type Blocks = Vec<Box<[u8; 64]>>;
 
+/// How long a new watch is left to settle before it is measured.
+const SETTLE: Duration = Duration::from_secs(3);
+
 // Two recursive functions that differ (so LLVM cannot merge them): the path's bits choose one
 // at each level, so each path is a distinct stack.
 #[inline(never)]
@@ -162,8 +165,9 @@ fn main() {
         // Under pressure from the start (a 1 MiB limit): every dump is written before naming,
         // from the buffers the watch sized at its start for the table as it was then.
         let raw_watch = start_watch(Some(1 << 20));
-        // Its first tick dumps for the thresholds it finds crossed; then one asked for.
-        std::thread::sleep(Duration::from_millis(300));
+        // Its first tick dumps for the thresholds it finds crossed; its naming thread names
+        // the table's stacks at start. Measured once both are done.
+        std::thread::sleep(SETTLE);
         write_dump_set(&raw_watch);
         let mut times = Vec::new();
         let mut extra = Vec::new();
@@ -189,6 +193,9 @@ fn main() {
         });
         drop(raw_watch);
         let watch = start_watch(None);
+        // The naming thread names the table's stacks when the watch starts; a dump measured
+        // meanwhile would wait for the symbolizer and count its memory.
+        std::thread::sleep(SETTLE);
 
         let (cold_time, cold_memory) = measure(|| write_dump_set(&watch));
         let (snapshot_time, snapshot_memory) = measure(|| drop(black_box(heapwatch::snapshot())));

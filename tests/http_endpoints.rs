@@ -117,6 +117,7 @@ fn promtool_accepts_metrics(addr: &str, scratch: &Path) {
         "heapwatch_heap_allocated_bytes_total",
         "heapwatch_sample_rate_bytes",
         "heapwatch_profiler_bytes",
+        "heapwatch_symbolizer_bytes",
         "heapwatch_dumps_total",
         "heapwatch_jemalloc_resident_bytes",
         "heapwatch_verdict",
