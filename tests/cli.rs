@@ -429,6 +429,9 @@ fn symbolize_names_a_set_written_before_naming_in_place() {
     assert!(!before.named, "written before naming");
     let flamegraph_before = std::fs::read_to_string(set.flamegraph()).unwrap();
     assert!(!flamegraph_before.contains("leak_session_cache"));
+    let listed =
+        String::from_utf8_lossy(&heapwatch(&["ls", dumps.to_str().unwrap()]).stdout).into_owned();
+    assert!(listed.contains("not named yet"), "{listed}");
 
     let out = heapwatch(&[
         "symbolize",
@@ -459,6 +462,10 @@ fn symbolize_names_a_set_written_before_naming_in_place() {
     );
     let flamegraph = std::fs::read_to_string(set.flamegraph()).unwrap();
     assert!(flamegraph.contains("leak_session_cache"));
+    let listed =
+        String::from_utf8_lossy(&heapwatch(&["ls", dumps.to_str().unwrap()]).stdout).into_owned();
+    let line = listed.lines().find(|l| l.contains(&set.stem)).unwrap();
+    assert!(!line.contains("not named yet"), "{line}");
     // -o is for a profile; a set is named in place.
     let refused = heapwatch(&[
         "symbolize",

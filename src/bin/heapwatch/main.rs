@@ -443,8 +443,14 @@ fn ls(dir: &Path) -> Result<(), String> {
                         format_value(t.inuse_bytes, SampleType::InuseSpace)
                     )
                 });
+                // A set written near the limit before naming: say so, and how to name it.
+                let unnamed = if s.named {
+                    ""
+                } else {
+                    "  (not named yet: heapwatch symbolize SET.json --binary PROGRAM)"
+                };
                 println!(
-                    "{}  {:<10} {:<28} verdict {:<13} top {}{span}  [{}]",
+                    "{}  {:<10} {:<28} verdict {:<13} top {}{span}{unnamed}  [{}]",
                     s.time, s.reason, usage, verdict, top, set.stem
                 );
             }
