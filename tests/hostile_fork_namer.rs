@@ -24,9 +24,9 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A stack of `depth` frames ending in an allocation: each depth a stack of its own.
 #[inline(never)]
-fn deeper(depth: u32, out: &mut Vec<Box<[u8; 32]>>) {
+fn deeper(depth: u32, out: &mut Vec<Vec<u8>>) {
     if depth == 0 {
-        out.push(Box::new([1; 32]));
+        out.push(vec![1; 32]);
     } else {
         deeper(depth - 1, out);
     }
