@@ -23,6 +23,8 @@
 //! the test. Where it cannot run (not root, no memory controller) it says so loudly and passes,
 //! unless `HEAPWATCH_REQUIRE_PRIVILEGED=1`. `HEAPWATCH_FAST_LEAK_KEEP=1` keeps the scratch
 //! directories (dumps, the service's standard error) for a look afterwards.
+//!
+//! Frame-pointer pass: not needed — the service as it ships (no frame pointers); naming under the frame-pointer walk is checked by `demo_outputs`, `source_lines` and `mixed_service`.
 
 mod common;
 
