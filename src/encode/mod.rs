@@ -12,7 +12,6 @@ mod folded;
 mod legacy_text;
 mod pprof;
 pub mod proto;
-mod raw_pprof;
 mod svg;
 mod timeline;
 mod top_list;
@@ -26,7 +25,6 @@ pub use flamegraph::{
 pub use folded::{folded_lines, folded_text, write_folded};
 pub use legacy_text::write_legacy_heap;
 pub use pprof::{to_pprof, write_pprof};
-pub(crate) use raw_pprof::{RawNaming, RawPprofEncoder, RawProfileHeader};
 pub use svg::{write_flamegraph_placeholder, FlamegraphPlaceholder};
 pub use timeline::{write_timeline, TimelineMark, TimelinePoint};
 pub use top_list::{human_bytes, write_top_text};

@@ -4,7 +4,7 @@
 //! that object is loaded in this process (ASLR places it elsewhere in each run), and the
 //! symbolizer names them as it names a live snapshot, with its cache and its memory bounds.
 
-use crate::profile::{Mapping, Profile};
+use crate::profile::{Line, Mapping, Profile};
 use std::collections::HashMap;
 
 /// What [`name_by_build_id`] did.
@@ -23,9 +23,13 @@ pub(crate) struct Rebased {
 }
 
 /// Names the unnamed locations of `profile` whose mapping is an object loaded in this process
-/// (same build id); leaves the rest as they are. Then cuts the allocation machinery from the
-/// stacks' leaves, as a snapshot does.
-pub(crate) fn name_by_build_id(profile: &mut Profile) -> Rebased {
+/// (same build id) through `name`, which gives the frames of each code address of this
+/// process (sorted, distinct); leaves the rest as they are. Then cuts the allocation machinery
+/// from the stacks' leaves, as a snapshot does.
+pub(super) fn name_by_build_id(
+    profile: &mut Profile,
+    name: impl FnOnce(&[u64]) -> Vec<Vec<Line>>,
+) -> Rebased {
     let loaded = super::modules::loaded_modules();
     let mut outcome = Rebased::default();
     // Per mapping of the profile: the loaded object it is, if any.
@@ -68,12 +72,8 @@ pub(crate) fn name_by_build_id(profile: &mut Profile) -> Rebased {
     addresses.sort_unstable();
     addresses.dedup();
     if !addresses.is_empty() {
-        let (_, frames) = super::symbolize(&addresses);
-        let lines_of: HashMap<u64, Vec<crate::profile::Line>> = addresses
-            .into_iter()
-            .zip(frames)
-            .map(|(address, frame)| (address, frame.lines))
-            .collect();
+        let frames = name(&addresses);
+        let lines_of: HashMap<u64, Vec<Line>> = addresses.into_iter().zip(frames).collect();
         for (location, here) in profile.locations.iter_mut().zip(&here_of_location) {
             let Some(lines) = here.and_then(|address| lines_of.get(&address)) else {
                 continue;
@@ -88,7 +88,7 @@ pub(crate) fn name_by_build_id(profile: &mut Profile) -> Rebased {
     }
     // Also when every name came from the cache at the dump: the machinery is cut only now.
     #[cfg(feature = "dwarf")]
-    super::closures_after_callers(profile);
+    super::qualify::closures_after_callers(profile);
     super::leaves::trim_leaves(profile);
     outcome.unmatched = profile
         .mappings
@@ -126,6 +126,13 @@ mod tests {
     use super::*;
     use crate::profile::{Location, Sample};
 
+    fn line(function: &str) -> Line {
+        Line {
+            function: function.to_owned(),
+            ..Line::default()
+        }
+    }
+
     #[inline(never)]
     fn a_function_named_later() -> usize {
         std::hint::black_box(11)
@@ -134,10 +141,11 @@ mod tests {
     /// A profile with one location at `address` of this test binary, described as loaded at
     /// `shift` bytes from where it is (as another run of the same program would have it).
     fn unnamed_profile(address: u64, shift: u64) -> Profile {
-        let main = super::super::loaded_module_infos()
+        let main = super::super::modules::loaded_modules()
             .into_iter()
-            .find(|m| m.start <= address && address < m.limit)
+            .find(|m| m.segment_of(address).is_some_and(|s| s.executable))
             .expect("this binary's code");
+        let code = main.segment_of(address).unwrap().clone();
         Profile {
             samples: vec![Sample {
                 locations: vec![0],
@@ -150,11 +158,11 @@ mod tests {
                 lines: Vec::new(),
             }],
             mappings: vec![Mapping {
-                memory_start: main.start + shift,
-                memory_limit: main.limit + shift,
-                file_offset: main.file_offset,
+                memory_start: code.start + shift,
+                memory_limit: code.end + shift,
+                file_offset: code.file_offset,
                 path: main.path,
-                build_id: main.build_id,
+                build_id: super::super::modules::hex(&main.build_id),
             }],
             ..Profile::default()
         }
@@ -165,10 +173,17 @@ mod tests {
         let address = a_function_named_later as *const () as usize as u64 + 1;
         for shift in [0, 0x7000_0000] {
             let mut profile = unnamed_profile(address, shift);
-            let outcome = name_by_build_id(&mut profile);
+            let mut asked = Vec::new();
+            let outcome = name_by_build_id(&mut profile, |addresses| {
+                asked = addresses.to_vec();
+                addresses
+                    .iter()
+                    .map(|_| vec![line("named_later")])
+                    .collect()
+            });
+            assert_eq!(asked, [address], "asked for this process's address");
             assert_eq!(outcome.named, 1, "shift {shift:#x}: {outcome:?}");
-            let name = &profile.locations[0].lines.last().unwrap().function;
-            assert!(name.contains("a_function_named_later"), "{name}");
+            assert_eq!(profile.locations[0].lines, [line("named_later")]);
             assert_eq!(profile.locations[0].address, address + shift, "kept");
         }
     }
@@ -178,7 +193,7 @@ mod tests {
         let address = a_function_named_later as *const () as usize as u64 + 1;
         let mut profile = unnamed_profile(address, 0);
         profile.mappings[0].build_id = "00ff".into();
-        let outcome = name_by_build_id(&mut profile);
+        let outcome = name_by_build_id(&mut profile, |_| panic!("nothing to name here"));
         assert_eq!(outcome.named, 0);
         assert_eq!(outcome.unnamed, 1);
         assert_eq!(outcome.unmatched.len(), 1);

@@ -22,6 +22,7 @@ mod namer;
 mod naming;
 mod previous;
 mod raw_dump;
+mod raw_pprof;
 mod request;
 mod running;
 mod signal;

@@ -4,7 +4,7 @@
 //! named afterwards (see [`super::naming`]).
 
 use super::dump_summary::{top_sites, TopSite, TOP_SITES, TOP_SPANS};
-use crate::encode::{RawNaming, RawPprofEncoder, RawProfileHeader};
+use super::raw_pprof::{RawNaming, RawPprofEncoder, RawProfileHeader};
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::spans::SpanTotal;
 use crate::symbolize::{code_address, CachedNames, ModuleInfo};

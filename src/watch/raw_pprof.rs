@@ -18,7 +18,7 @@ use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 use std::io;
 
-/// Field numbers of `perftools.profiles` (see [`super::proto`]).
+/// Field numbers of `perftools.profiles` (see [`crate::encode::proto`]).
 mod field {
     pub const SAMPLE_TYPE: u32 = 1;
     pub const SAMPLE: u32 = 2;
@@ -660,7 +660,7 @@ mod tests {
         let mut raw_bytes = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&out[..]), &mut raw_bytes)
             .unwrap();
-        let message = super::super::proto::Profile::decode(&raw_bytes[..]).unwrap();
+        let message = crate::encode::proto::Profile::decode(&raw_bytes[..]).unwrap();
         assert!(message.mapping.iter().all(|m| !m.has_functions));
         assert_eq!(message.string_table[0], "");
         let inuse = message.string_table[message.default_sample_type as usize].as_str();
