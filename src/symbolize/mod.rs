@@ -195,6 +195,19 @@ fn lock() -> MutexGuard<'static, Symbolizer> {
     SYMBOLIZER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The symbolizer, its cache emptied if it holds names of the other kind than profiles are
+/// now taken with (with or without DWARF's lines); and which kind that is.
+fn lock_for_naming() -> (MutexGuard<'static, Symbolizer>, bool) {
+    let want_lines = SOURCE_LINES.load(Ordering::Relaxed);
+    let mut symbolizer = lock();
+    if symbolizer.cache_has_lines != want_lines {
+        symbolizer.cache.clear();
+        symbolizer.lines.clear();
+        symbolizer.cache_has_lines = want_lines;
+    }
+    (symbolizer, want_lines)
+}
+
 /// The symbolizer, if no other thread holds it now.
 fn lock_if_free() -> Option<MutexGuard<'static, Symbolizer>> {
     match SYMBOLIZER.try_lock() {
@@ -314,13 +327,7 @@ pub(crate) struct ModuleInfo {
 /// Names every address in `addresses` (return addresses minus one); also returns the modules
 /// they fall in.
 pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>) {
-    let want_lines = SOURCE_LINES.load(Ordering::Relaxed);
-    let mut symbolizer = lock();
-    if symbolizer.cache_has_lines != want_lines {
-        symbolizer.cache.clear();
-        symbolizer.lines.clear();
-        symbolizer.cache_has_lines = want_lines;
-    }
+    let (mut symbolizer, want_lines) = lock_for_naming();
     if symbolizer.modules.is_empty() {
         symbolizer.reload_modules();
     }
@@ -410,13 +417,7 @@ pub fn warm_symbol_cache() {
 
 /// Names the addresses not cached yet, keeping only the cache.
 fn warm(addresses: &[u64]) {
-    let want_lines = SOURCE_LINES.load(Ordering::Relaxed);
-    let mut symbolizer = lock();
-    if symbolizer.cache_has_lines != want_lines {
-        symbolizer.cache.clear();
-        symbolizer.lines.clear();
-        symbolizer.cache_has_lines = want_lines;
-    }
+    let (symbolizer, _) = lock_for_naming();
     let missing: Vec<u64> = addresses
         .iter()
         .copied()

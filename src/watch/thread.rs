@@ -264,17 +264,19 @@ impl Watcher {
                     namer.name_later(set);
                 }
             }
-            Err(e) => {
-                published::count_dump_error();
-                tracing::error!(
-                    reason = reason.kind().name(),
-                    dir = %self.writer.dir().display(),
-                    error = %e,
-                    "heapwatch: dump failed; nothing was left behind"
-                );
-            }
+            Err(e) => self.dump_failed(reason, &e),
         }
         published::publish_report(self.logic.report());
+    }
+
+    fn dump_failed(&self, reason: &Reason, error: &std::io::Error) {
+        published::count_dump_error();
+        tracing::error!(
+            reason = reason.kind().name(),
+            dir = %self.writer.dir().display(),
+            %error,
+            "heapwatch: dump failed; nothing was left behind"
+        );
     }
 
     fn dump(&mut self, reason: &Reason, memory: &MemoryReading) {
@@ -316,15 +318,7 @@ impl Watcher {
                     "heapwatch: dump written"
                 );
             }
-            Err(e) => {
-                published::count_dump_error();
-                tracing::error!(
-                    reason = reason.kind().name(),
-                    dir = %self.writer.dir().display(),
-                    error = %e,
-                    "heapwatch: dump failed; nothing was left behind"
-                );
-            }
+            Err(e) => self.dump_failed(reason, &e),
         }
     }
 }
