@@ -32,8 +32,8 @@ pub(crate) fn parse(query: &str) -> Result<PprofQuery, String> {
                 if std::mem::replace(&mut seen_seconds, true) {
                     return Err("seconds is given twice; give it once".to_owned());
                 }
-                match value.parse::<u64>() {
-                    Ok(seconds @ 1..=MAX_SECONDS) => parsed.seconds = Some(seconds),
+                match digits(value).and_then(|v| v.parse::<u64>().ok()) {
+                    Some(seconds @ 1..=MAX_SECONDS) => parsed.seconds = Some(seconds),
                     _ => {
                         return Err(format!(
                             "seconds={} is not accepted: a whole number of seconds from 1 to {MAX_SECONDS}",
@@ -46,8 +46,8 @@ pub(crate) fn parse(query: &str) -> Result<PprofQuery, String> {
                 if std::mem::replace(&mut seen_debug, true) {
                     return Err("debug is given twice; give it once".to_owned());
                 }
-                match value.parse::<u8>() {
-                    Ok(debug @ 0..=2) => parsed.debug = debug,
+                match digits(value).and_then(|v| v.parse::<u8>().ok()) {
+                    Some(debug @ 0..=2) => parsed.debug = debug,
                     _ => {
                         return Err(format!(
                             "debug={} is not accepted: 0 (pprof protobuf) or 1 (Go's legacy text)",
@@ -60,6 +60,12 @@ pub(crate) fn parse(query: &str) -> Result<PprofQuery, String> {
         }
     }
     Ok(parsed)
+}
+
+/// `value` if it is a whole number written with digits only: Rust's integer parsing also takes
+/// a leading `+`, which the documents do not promise and Go refuses.
+fn digits(value: &str) -> Option<&str> {
+    (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())).then_some(value)
 }
 
 /// At most 32 characters of a client's value, for an error message.
@@ -99,6 +105,10 @@ mod tests {
             "seconds=5&seconds=6",
             "seconds=%35",
             "seconds=5.0",
+            "seconds=+5",
+            "seconds= 5",
+            "seconds=5%20",
+            "debug=+1",
             "debug=3",
             "debug=x",
             "debug=1&debug=1",
