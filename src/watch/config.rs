@@ -379,6 +379,38 @@ mod tests {
     }
 
     #[test]
+    fn naming_from_the_environment_and_what_auto_means() {
+        for (value, expected) in [
+            ("auto", DumpNaming::Auto),
+            ("in-process", DumpNaming::InProcess),
+            ("Next-Instance", DumpNaming::NextInstance),
+        ] {
+            let (config, malformed) = apply(&[("HEAPWATCH_NAMING", value)]);
+            assert!(malformed.is_empty(), "{value}");
+            assert_eq!(config.naming, expected, "{value}");
+        }
+        let (config, malformed) = apply(&[("HEAPWATCH_NAMING", "later")]);
+        assert_eq!(malformed, ["HEAPWATCH_NAMING"]);
+        assert_eq!(
+            config.naming,
+            DumpNaming::Auto,
+            "the configured value stands"
+        );
+        let auto = DumpNaming::Auto;
+        assert_eq!(
+            auto.resolve(Some(SMALL_LIMIT_BYTES)),
+            DumpNaming::NextInstance
+        );
+        assert_eq!(
+            auto.resolve(Some(SMALL_LIMIT_BYTES + 1)),
+            DumpNaming::InProcess
+        );
+        assert_eq!(auto.resolve(None), DumpNaming::InProcess);
+        let chosen = DumpNaming::InProcess;
+        assert_eq!(chosen.resolve(Some(1 << 20)), DumpNaming::InProcess);
+    }
+
+    #[test]
     fn file_modes() {
         assert_eq!(parse_file_mode("600"), Some(0o600));
         assert_eq!(parse_file_mode("0o644"), Some(0o644));
