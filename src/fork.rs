@@ -72,6 +72,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Rank {
+    /// The one CPU profile's claim (`cpu`): no lock; its child hook frees the claim a parent's
+    /// profile held, and remembers that pprof-rs's own state came across running.
+    CpuSession,
+    /// The one heap delta's claim (`http`): no lock; its child hook frees it.
+    HeapDelta,
     /// `leak_check`'s sample-rate lock, held while a check changes the rate.
     LeakChecks,
     /// `plumbing`'s list of frames skipped when naming a culprit.
@@ -101,6 +106,8 @@ pub(crate) enum Rank {
 impl Rank {
     /// Every rank, in the order the prepare handler takes them.
     pub(crate) const ALL: [Rank; RANKS] = [
+        Rank::CpuSession,
+        Rank::HeapDelta,
         Rank::LeakChecks,
         Rank::Plumbing,
         Rank::Metrics,
@@ -118,7 +125,7 @@ impl Rank {
     }
 }
 
-const RANKS: usize = 10;
+const RANKS: usize = 12;
 
 /// What the fork handlers do with one module's locks. A `static` of the module's, named by its
 /// [`HeldAcrossFork`] locks.
@@ -513,10 +520,13 @@ mod tests {
         }
         // The order the code nests the locks in: a leak check names culprits (plumbing), a
         // metrics render reads the published state, naming a stack walks the
-        // loader's list, and any of them allocates (the table).
+        // loader's list, and any of them allocates (the table). The waiting pages' claims hold
+        // no lock: first.
         assert_eq!(
             Rank::ALL,
             [
+                Rank::CpuSession,
+                Rank::HeapDelta,
                 Rank::LeakChecks,
                 Rank::Plumbing,
                 Rank::Metrics,

@@ -23,6 +23,23 @@ const UNWIND_BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
 /// check would only refuse after installing a timer; this refuses a second session at once.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// Set in a process forked while a profile ran: pprof-rs's profiler (one per process, behind a
+/// lock of its own) came across marked running, and pprof-rs offers no way to reset it — nor
+/// may its lock be taken safely, since the parent's thread may have held it at the fork.
+static FORKED_WHILE_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// A child has no thread profiling: the claim is free, and pprof-rs's state is not to be
+/// touched if a profile ran at the fork.
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |_| {},
+    release: |_| {},
+    in_child: Some(|_| {
+        if RUNNING.swap(false, Ordering::AcqRel) {
+            FORKED_WHILE_RUNNING.store(true, Ordering::Release);
+        }
+    }),
+};
+
 /// Why no profile was taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CpuProfileError {
@@ -36,6 +53,11 @@ pub enum CpuProfileError {
     /// pprof-rs could not hand back its samples.
     #[error("the CPU profile's samples could not be read: {0}")]
     Report(String),
+    /// This process was forked while its parent took a CPU profile: pprof-rs's profiler came
+    /// across marked running and cannot be reset, so no CPU profile can be taken here (heap
+    /// profiles and everything else work).
+    #[error("no CPU profile can be taken in this process: it was forked while its parent took one, and pprof-rs keeps its profiler's running state across fork with no way to reset it")]
+    ForkedWhileRunning,
 }
 
 /// The process's one CPU sampler, claimed: take it, then [`profile`](Reservation::profile).
@@ -50,8 +72,13 @@ impl Reservation {
     /// Claims the sampler.
     ///
     /// # Errors
-    /// [`CpuProfileError::AlreadyRunning`] while another reservation exists.
+    /// [`CpuProfileError::AlreadyRunning`] while another reservation exists;
+    /// [`CpuProfileError::ForkedWhileRunning`] in a process forked while a profile ran.
     pub fn take() -> Result<Reservation, CpuProfileError> {
+        crate::fork::register(crate::fork::Rank::CpuSession, &FORK_HOOKS);
+        if FORKED_WHILE_RUNNING.load(Ordering::Acquire) {
+            return Err(CpuProfileError::ForkedWhileRunning);
+        }
         RUNNING
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .map_err(|_| CpuProfileError::AlreadyRunning)?;

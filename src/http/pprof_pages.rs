@@ -86,8 +86,16 @@ struct HeapDeltaSlot;
 
 static HEAP_DELTA_RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// A child forked while the parent's delta waited has no thread waiting: the slot is free.
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |_| {},
+    release: |_| {},
+    in_child: Some(|_| HEAP_DELTA_RUNNING.store(false, Ordering::Release)),
+};
+
 impl HeapDeltaSlot {
     fn take() -> Option<HeapDeltaSlot> {
+        crate::fork::register(crate::fork::Rank::HeapDelta, &FORK_HOOKS);
         HEAP_DELTA_RUNNING
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
@@ -180,7 +188,11 @@ fn cpu_profile(seconds: u64) -> Answer {
             kind: WaitKind::Cpu(reservation),
             seconds,
         }),
-        Err(error) => Answer::Now(Response::text(409, error.to_string())),
+        Err(error @ crate::cpu::session::CpuProfileError::AlreadyRunning) => {
+            Answer::Now(Response::text(409, error.to_string()))
+        }
+        // For good in this process: not worth retrying.
+        Err(error) => Answer::Now(Response::text(501, error.to_string())),
     }
 }
 
