@@ -65,34 +65,26 @@ impl Namer {
             news: Condvar::new(),
         });
         let theirs = Arc::clone(&shared);
-        // The setup moves into the thread; should spawning fail, it comes back for the report.
-        let handoff = Arc::new(Mutex::new(Some(setup)));
-        let thread_handoff = Arc::clone(&handoff);
+        // What the report needs, kept here should the thread not start (it takes the setup).
+        let report_here = (
+            setup.writer.dir().to_path_buf(),
+            setup.cgroup.clone(),
+            setup.oom_kills,
+        );
         let spawned = std::thread::Builder::new()
             .name("heapwatch-names".to_owned())
             .spawn(move || {
                 // Its tables and names are heapwatch's, not the service's.
                 let _guard = crate::thread_state::ProfilerGuard::enter();
-                let taken = thread_handoff
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(setup) = taken {
-                    run(setup, &theirs);
-                }
+                run(setup, &theirs);
             });
         let thread = match spawned {
             Ok(thread) => Some(thread),
             Err(error) => {
                 tracing::warn!(%error, "heapwatch: cannot start the naming thread; dumps near \
                     the limit stay unnamed until the next instance names them");
-                let taken = handoff
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(setup) = taken {
-                    report(&setup);
-                }
+                let (dir, cgroup, oom_kills) = report_here;
+                super::previous::report_previous(&dir, cgroup.as_ref(), oom_kills);
                 None
             }
         };
