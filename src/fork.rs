@@ -73,7 +73,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[repr(u8)]
 pub(crate) enum Rank {
     /// The one CPU profile's claim (`cpu`): no lock; its child hook frees the claim a parent's
-    /// profile held, and remembers that pprof-rs's own state came across running.
+    /// profile held, unmaps the child's copy of its table and puts the `SIGPROF` action back.
     CpuSession,
     /// The one heap delta's claim (`http`): no lock; its child hook frees it.
     HeapDelta,

@@ -69,8 +69,8 @@
 //!
 //! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),
 //! folded stacks, a flamegraph SVG (feature `flamegraph`), a text summary and Go's legacy text
-//! heap format. With the feature `cpu`, `heapwatch::cpu` takes CPU profiles (pprof-rs's
-//! sampler, heapwatch's names and encoder), which the listener serves at
+//! heap format. With the feature `cpu`, `heapwatch::cpu` takes CPU profiles (heapwatch's
+//! own sampler, names and encoder), which the listener serves at
 //! `/debug/pprof/profile?seconds=N`.
 
 #![warn(missing_docs)]

@@ -297,7 +297,9 @@ fn chains_agree(unwound: &[usize], walked: &[usize]) -> bool {
 /// Outermost frames the walk may miss and still agree: libc's thread-entry frames.
 const OUTER_SLACK: usize = 3;
 
-fn unwind(frames: &mut [usize]) -> usize {
+/// libgcc's walk from here into `frames`, innermost first; the depth reached. Takes no lock of
+/// ours and allocates nothing, so the CPU sampler calls it from its signal handler too.
+pub(crate) fn unwind(frames: &mut [usize]) -> usize {
     let mut depth = 0;
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips backtrace's global lock,
     // which guards unwinders that are not thread-safe; the Linux/glibc `_Unwind_Backtrace` is

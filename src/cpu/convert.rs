@@ -1,18 +1,18 @@
-//! pprof-rs's samples (return addresses by thread, and counts) as a [`CpuProfile`], named by
+//! The sampler's stacks (addresses by thread, and counts) as a [`CpuProfile`], named by
 //! heapwatch's own symbolizer as its heap profiles are: fully qualified names, inlined frames,
-//! files and lines, mappings with build ids. The signal handler's frames are cut from the leaf
-//! end; nothing else is (unlike a heap profile, whose allocation machinery is cut: here the
-//! time spent in std's code is the program's).
+//! files and lines, mappings with build ids. Nothing is cut (unlike a heap profile, whose
+//! allocation machinery is: here the time spent in std's code is the program's); the sampler
+//! already cut its own handler's frames.
 
 use crate::cpu::data::{CpuProfile, CpuSample};
-use crate::profile::Location;
 use std::collections::HashMap;
 
-/// One stack as pprof-rs recorded it.
+/// One stack as the sampler recorded it.
 pub(crate) struct RawStack {
     /// The thread's name, or its id.
     pub(crate) thread: String,
-    /// Innermost first, from the signal handler's own frames out.
+    /// Innermost first: the interrupted instruction's address plus one, then return
+    /// addresses.
     pub(crate) return_addresses: Vec<usize>,
     /// Samples that found it.
     pub(crate) count: u64,
@@ -36,21 +36,16 @@ pub(crate) fn profile_of(stacks: Vec<RawStack>) -> CpuProfile {
         let locations = code.stack(&stack.return_addresses);
         (stack.thread, locations, stack.count)
     });
-    merge_below_handler(&mut profile, stacks);
+    merge(&mut profile, stacks);
     name_closures_after_callers(&mut profile);
     profile
 }
 
-/// Adds the stacks to `profile` as samples, cut below the signal handler, equal ones merged,
-/// heaviest first.
-fn merge_below_handler(
-    profile: &mut CpuProfile,
-    stacks: impl Iterator<Item = (String, Vec<usize>, u64)>,
-) {
+/// Adds the stacks to `profile` as samples, equal ones merged (two addresses can name the
+/// same location), heaviest first.
+fn merge(profile: &mut CpuProfile, stacks: impl Iterator<Item = (String, Vec<usize>, u64)>) {
     let mut merged: HashMap<(String, Vec<usize>), u64> = HashMap::new();
     for (thread, locations, count) in stacks {
-        let below = handler_frames(&profile.locations, &locations);
-        let locations = locations[below..].to_vec();
         if locations.is_empty() || count == 0 {
             continue;
         }
@@ -72,31 +67,6 @@ fn merge_below_handler(
             .then_with(|| a.thread.cmp(&b.thread))
             .then_with(|| a.locations.cmp(&b.locations))
     });
-}
-
-/// How many frames at the leaf end are the sampler's: the walk itself (the `backtrace`
-/// crate), pprof-rs's `perf_signal_handler`, and the signal trampoline after it (libc's
-/// `__restore_rt`), whose caller is the code the signal interrupted. The handler is looked for
-/// among the first frames only, so a program's own frames are never taken for it; without it
-/// (an unnamed handler), only the leading frames of the walk are cut.
-fn handler_frames(all: &[Location], locations: &[usize]) -> usize {
-    const WALK_DEPTH: usize = 16;
-    let outermost = |&l: &usize| {
-        all.get(l)
-            .and_then(|location| location.lines.last())
-            .map_or("", |line| line.function.as_str())
-    };
-    let names: Vec<&str> = locations.iter().take(WALK_DEPTH).map(outermost).collect();
-    match names.iter().position(|&name| name == "perf_signal_handler") {
-        Some(handler) => (handler + 2).min(locations.len()),
-        None => names
-            .iter()
-            .take_while(|name| {
-                let name = name.trim_start_matches('<');
-                name.starts_with("backtrace::") || name.starts_with("pprof::")
-            })
-            .count(),
-    }
 }
 
 /// Closures named after the function that runs them, as heap profiles name them (see
@@ -126,7 +96,7 @@ fn name_closures_after_callers(profile: &mut CpuProfile) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Line;
+    use crate::profile::{Line, Location};
 
     fn named(function: &str) -> Location {
         Location {
@@ -139,27 +109,20 @@ mod tests {
     }
 
     #[test]
-    fn stacks_are_cut_below_the_handler_and_merged() {
+    fn equal_stacks_are_merged_heaviest_first() {
         let mut profile = CpuProfile {
-            locations: vec![
-                named("backtrace::backtrace::libunwind::trace"),
-                named("perf_signal_handler"),
-                named("__restore_rt"),
-                named("app::spin"),
-                named("main"),
-                named("app::idle"),
-            ],
+            locations: vec![named("app::spin"), named("main"), named("app::idle")],
             ..CpuProfile::default()
         };
         let stacks = vec![
-            ("worker".to_owned(), vec![0, 1, 2, 3, 4], 3),
-            ("worker".to_owned(), vec![1, 2, 3, 4], 2),
-            ("other".to_owned(), vec![0, 1, 2, 3, 4], 1),
-            ("worker".to_owned(), vec![0, 5, 4], 4),
-            ("worker".to_owned(), vec![0, 1, 2], 9),
-            ("worker".to_owned(), vec![0, 1, 2, 5], 0),
+            ("worker".to_owned(), vec![0, 1], 3),
+            ("worker".to_owned(), vec![0, 1], 2),
+            ("other".to_owned(), vec![0, 1], 1),
+            ("worker".to_owned(), vec![2, 1], 4),
+            ("worker".to_owned(), vec![], 9),
+            ("worker".to_owned(), vec![2], 0),
         ];
-        merge_below_handler(&mut profile, stacks.into_iter());
+        merge(&mut profile, stacks.into_iter());
         let rows: Vec<(&str, Vec<usize>, u64)> = profile
             .samples
             .iter()
@@ -168,9 +131,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                ("worker", vec![3, 4], 5),
-                ("worker", vec![5, 4], 4),
-                ("other", vec![3, 4], 1),
+                ("worker", vec![0, 1], 5),
+                ("worker", vec![2, 1], 4),
+                ("other", vec![0, 1], 1),
             ]
         );
         assert_eq!(
@@ -183,7 +146,7 @@ mod tests {
     /// A real address of this binary is named as heap profiles name it.
     #[test]
     fn return_addresses_are_named_by_heapwatchs_symbolizer() {
-        let here = stacks_are_cut_below_the_handler_and_merged as fn() as usize;
+        let here = equal_stacks_are_merged_heaviest_first as fn() as usize;
         let profile = profile_of(vec![RawStack {
             thread: "main".to_owned(),
             return_addresses: vec![here + 2],
@@ -199,7 +162,7 @@ mod tests {
             .last()
             .map_or("", |line| line.function.as_str());
         assert!(
-            outer.ends_with("cpu::convert::tests::stacks_are_cut_below_the_handler_and_merged"),
+            outer.ends_with("cpu::convert::tests::equal_stacks_are_merged_heaviest_first"),
             "{:?}",
             location.lines
         );

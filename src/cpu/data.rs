@@ -16,6 +16,11 @@ pub struct CpuProfile {
     /// Samples per second of CPU time the sampler was set to take: each sample stands for
     /// `1 / samples_per_second` seconds of CPU.
     pub samples_per_second: u32,
+    /// Samples the sampler took but could not count: the stack was one more than its table
+    /// holds (4,096 distinct stacks a session), or the thread was interrupted in code it never
+    /// walks (libc, libgcc, the dynamic loader, the vDSO: see the `cpu` module). Not in
+    /// [`samples`](CpuProfile::samples).
+    pub lost_samples: u64,
     /// One entry per distinct stack and thread, heaviest first.
     pub samples: Vec<CpuSample>,
     /// Code locations, referenced by index from [`CpuSample::locations`].

@@ -28,10 +28,16 @@ pub fn to_cpu_pprof(profile: &CpuProfile) -> proto::Profile {
         ..proto::Profile::default()
     };
     out.comment.push(strings.id(&format!(
-        "heapwatch {}: CPU sampled by pprof-rs at {} Hz",
+        "heapwatch {}: CPU sampled at {} Hz",
         env!("CARGO_PKG_VERSION"),
         profile.samples_per_second
     )));
+    if profile.lost_samples > 0 {
+        out.comment.push(strings.id(&format!(
+            "{} samples lost (interrupted in code the sampler does not walk, or beyond its table)",
+            profile.lost_samples
+        )));
+    }
     write_code(
         &profile.mappings,
         &profile.locations,
@@ -103,6 +109,7 @@ mod tests {
             time_nanos: 5,
             duration: Duration::from_secs(2),
             samples_per_second: 100,
+            lost_samples: 3,
             samples: vec![
                 CpuSample {
                     locations: vec![0, 2],
@@ -155,5 +162,12 @@ mod tests {
         assert_eq!(leaf.line[0].line, 3);
         assert_eq!(name(decoded.mapping[0].build_id), "abcd");
         assert!(decoded.mapping[0].has_functions && decoded.mapping[0].has_line_numbers);
+        assert!(
+            decoded
+                .comment
+                .iter()
+                .any(|&c| name(c).starts_with("3 samples lost")),
+            "the lost samples are told in a comment"
+        );
     }
 }
