@@ -19,6 +19,10 @@ pub const SAMPLES_PER_SECOND: u32 = 99;
 /// not counted, so time spent inside libc (`memcpy`, `malloc`'s own code) is under-reported.
 const UNWIND_BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
 
+/// How often [`Reservation::profile_until`] asks whether to stop: a cancelled profile frees
+/// the sampler within this.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
+
 /// Set while a [`Reservation`] exists: pprof-rs's profiler is one per process, and its own
 /// check would only refuse after installing a timer; this refuses a second session at once.
 static RUNNING: AtomicBool = AtomicBool::new(false);
@@ -58,6 +62,10 @@ pub enum CpuProfileError {
     /// profiles and everything else work).
     #[error("no CPU profile can be taken in this process: it was forked while its parent took one, and pprof-rs keeps its profiler's running state across fork with no way to reset it")]
     ForkedWhileRunning,
+    /// [`Reservation::profile_until`] was told to stop before its duration was over (the
+    /// client asking went away): the samples were discarded and the sampler is free.
+    #[error("the CPU profile was cancelled before its duration was over")]
+    Cancelled,
 }
 
 /// The process's one CPU sampler, claimed: take it, then [`profile`](Reservation::profile).
@@ -93,6 +101,20 @@ impl Reservation {
     /// [`CpuProfileError::AlreadyRunning`] when something else in the process runs pprof-rs's
     /// profiler; [`CpuProfileError::Start`] or [`CpuProfileError::Report`] when pprof-rs fails.
     pub fn profile(self, duration: Duration) -> Result<CpuProfile, CpuProfileError> {
+        self.profile_until(duration, &|| false)
+    }
+
+    /// [`profile`](Reservation::profile), stopped early when `cancelled` says so: it is asked
+    /// every 100 ms while the profile runs, and once it answers true the timer is
+    /// stopped, the samples dropped and the sampler freed at once.
+    ///
+    /// # Errors
+    /// As [`profile`](Reservation::profile), and [`CpuProfileError::Cancelled`].
+    pub fn profile_until(
+        self,
+        duration: Duration,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<CpuProfile, CpuProfileError> {
         let guard = pprof::ProfilerGuardBuilder::default()
             .frequency(SAMPLES_PER_SECOND as libc::c_int)
             .blocklist(&UNWIND_BLOCKLIST)
@@ -105,7 +127,18 @@ impl Reservation {
         // fills the `backtrace` crate's process-wide symbol cache: ~40 MB of DWARF for a
         // release binary, never used again here (heapwatch names stacks itself). Let it go.
         backtrace::clear_symbol_cache();
-        std::thread::sleep(duration);
+        let end = std::time::Instant::now() + duration;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if cancelled() {
+                // The guard's drop stops the timer; `self`'s frees the sampler.
+                return Err(CpuProfileError::Cancelled);
+            }
+            std::thread::sleep(left.min(CANCEL_CHECK));
+        }
         // Unresolved first: dropping the guard stops the timer (and clears pprof-rs's
         // samples), so the symbolizer's own work below is neither sampled nor interrupted.
         let unresolved = guard

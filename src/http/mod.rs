@@ -36,6 +36,7 @@
 
 #[cfg(feature = "axum")]
 mod axum_router;
+mod clients;
 mod metrics_page;
 mod pprof_pages;
 mod query;
