@@ -76,8 +76,9 @@ pub struct ServerBuilder {
 ///
 /// A forked child inherits the value but not the threads: dropping it there leaves the
 /// parent's listener alone (it neither joins nor wakes anything) and closes the child's copies
-/// of the listener's descriptors, so the child does not keep the port open. The child can
-/// start a listener of its own.
+/// of the listener's descriptors, so the child does not keep the port open. Its copies of the
+/// client connections are closed at the fork already (a fork handler), so none stays open to
+/// its client once the parent closes it. The child can start a listener of its own.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
