@@ -12,12 +12,14 @@
 //! registered hooks.
 //!
 //! **Order.** [`Rank`] is the one place that orders the locks: outermost first, as the code
-//! nests them: the leak checks' rate lock, the plumbing list, the metrics renderer (it reads the
-//! published state and the table), the watch's saved SIGUSR1 action, the published state
-//! (`published`), the symbolizer, heapwatch's walks of the loader's list (`dl_iterate_phdr`, whose
-//! own lock glibc does not reset in a child), the caching unwinder's object list and caches
-//! (held while a sampled stack is walked), and the live-sample table last (code holding any
-//! of the others may allocate, and so take the table; nothing holding the table takes another).
+//! nests them: the listener's record of its client connections, the leak checks' rate lock,
+//! the plumbing list, the metrics renderer (it reads the published state and the table), the
+//! watch's saved SIGUSR1 action, the published state (`published`), the symbolizer,
+//! heapwatch's walks of the loader's list (`dl_iterate_phdr`, whose own lock glibc does not
+//! reset in a child; on glibc before 2.35 also libgcc's unwinds, fenced), the caching
+//! unwinder's object list and caches (held while a sampled stack is walked), and the
+//! live-sample table last (code holding any of the others may allocate, and so take the table;
+//! nothing holding the table takes another).
 //! A forking thread therefore waits only for holders to finish, and holders never wait for it.
 //!
 //! **Registration of the handlers** happens the first time heapwatch takes one of these locks,
@@ -77,6 +79,10 @@ pub(crate) enum Rank {
     CpuSession,
     /// The one heap delta's claim (`http`): no lock; its child hook frees it.
     HeapDelta,
+    /// The built-in listener's record of its open client connections (`http`), held while one
+    /// is accepted and recorded or forgotten and closed; its child hook closes the child's
+    /// copies.
+    HttpClients,
     /// `leak_check`'s sample-rate lock, held while a check changes the rate.
     LeakChecks,
     /// `plumbing`'s list of frames skipped when naming a culprit.
@@ -96,6 +102,9 @@ pub(crate) enum Rank {
     Symbolizer,
     /// heapwatch's walks of the loader's list (`dl_iterate_phdr`).
     Loader,
+    /// The fence of libgcc's unwinds of samples, which walk the loader's list on glibc before
+    /// 2.35 (`stack::fence`): no lock; the prepare hook waits for those under way to end.
+    LibgccUnwinds,
     /// The caching unwinder's object list and caches (`stack::cached`), held while a sampled
     /// stack is walked, before the table is taken.
     Unwinder,
@@ -108,6 +117,7 @@ impl Rank {
     pub(crate) const ALL: [Rank; RANKS] = [
         Rank::CpuSession,
         Rank::HeapDelta,
+        Rank::HttpClients,
         Rank::LeakChecks,
         Rank::Plumbing,
         Rank::Metrics,
@@ -116,6 +126,7 @@ impl Rank {
         Rank::SpanTags,
         Rank::Symbolizer,
         Rank::Loader,
+        Rank::LibgccUnwinds,
         Rank::Unwinder,
         Rank::Table,
     ];
@@ -125,7 +136,7 @@ impl Rank {
     }
 }
 
-const RANKS: usize = 12;
+const RANKS: usize = 14;
 
 /// What the fork handlers do with one module's locks. A `static` of the module's, named by its
 /// [`HeldAcrossFork`] locks.
@@ -527,6 +538,7 @@ mod tests {
             [
                 Rank::CpuSession,
                 Rank::HeapDelta,
+                Rank::HttpClients,
                 Rank::LeakChecks,
                 Rank::Plumbing,
                 Rank::Metrics,
@@ -535,6 +547,7 @@ mod tests {
                 Rank::SpanTags,
                 Rank::Symbolizer,
                 Rank::Loader,
+                Rank::LibgccUnwinds,
                 Rank::Unwinder,
                 Rank::Table,
             ]

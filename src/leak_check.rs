@@ -20,8 +20,14 @@
 //! call sites come from the sampled blocks that thread allocated and still holds (sampled at a
 //! fine rate, 1 KiB, while the check runs), so tests running in parallel on other threads
 //! disturb neither the verdict nor the sites it names.
+//!
+//! A child forked while checks run goes on only with those of the thread that forked: the
+//! others' threads do not exist there, so their checks are forgotten, and the rate is restored
+//! once the forking thread's own checks end (at once if it ran none).
 
 use crate::profile::{Profile, SampleType};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Mean sampling interval while a check runs: fine enough to name sites that leak a few KiB.
@@ -132,8 +138,42 @@ static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
         HELD_FOR_FORK.keep(forking, checks.unwrap_or_else(PoisonError::into_inner));
     },
     release: |forking| drop(HELD_FOR_FORK.take(forking)),
-    in_child: None,
+    in_child: Some(forget_other_threads_checks),
 };
+
+/// In a forked child: the checks of the parent's other threads, which do not exist here, never
+/// end, so they would keep the fine rate for good. Only the forking thread's own checks go on
+/// (it returns into them): with none, the rate they saved is restored at once; with some, the
+/// last of them restores it, as in the parent. Atomics only and, when the fork handlers took
+/// the lock (`locked`), the lock itself, free in the child: no allocation, nothing that waits.
+fn forget_other_threads_checks(locked: bool) {
+    let own = CHECKS_ON_THIS_THREAD.with(Cell::get);
+    if locked {
+        let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
+        if own == 0 && active.0 > 0 {
+            crate::sampler::configure_rate(active.1);
+        }
+        active.0 = own;
+    } else if own == 0 {
+        // The lock may be held by the code the fork interrupted: only the rate is restored,
+        // from its copy; the count stays as the parent left it.
+        let saved = RATE_TO_RESTORE.load(Ordering::Acquire);
+        if saved != NO_CHECK {
+            crate::sampler::configure_rate(saved);
+        }
+    }
+}
+
+/// A copy of the rate the running checks saved (`FINE_SAMPLING.1`), readable without the lock;
+/// [`NO_CHECK`] while none runs.
+static RATE_TO_RESTORE: AtomicU64 = AtomicU64::new(NO_CHECK);
+const NO_CHECK: u64 = u64::MAX;
+
+thread_local! {
+    /// The checks running on this thread (nested checks count each): in a forked child, the
+    /// only ones that will end.
+    static CHECKS_ON_THIS_THREAD: Cell<usize> = const { Cell::new(0) };
+}
 
 static HELD_FOR_FORK: crate::fork::GuardSlot<std::sync::MutexGuard<'static, (usize, u64)>> =
     crate::fork::GuardSlot::new();
@@ -150,7 +190,9 @@ impl FineSampling {
         active.0 += 1;
         if first {
             active.1 = crate::sampler::sample_rate();
+            RATE_TO_RESTORE.store(active.1, Ordering::Release);
         }
+        CHECKS_ON_THIS_THREAD.with(|checks| checks.set(checks.get() + 1));
         // Finer already (a test may sample every byte): keep it; off: turn it on.
         let coarse = active.1 == 0 || active.1 > CHECK_SAMPLE_RATE;
         if first && coarse {
@@ -169,8 +211,10 @@ impl FineSampling {
 impl Drop for FineSampling {
     fn drop(&mut self) {
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
-        active.0 -= 1;
+        CHECKS_ON_THIS_THREAD.with(|checks| checks.set(checks.get().saturating_sub(1)));
+        active.0 = active.0.saturating_sub(1);
         if active.0 == 0 {
+            RATE_TO_RESTORE.store(NO_CHECK, Ordering::Release);
             crate::thread_state::set_sample_rate(active.1);
         }
     }
@@ -193,7 +237,6 @@ fn growing_sites(before: &Profile, after: &Profile) -> Vec<GrowingSite> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     // The only unit test that changes the sample rate: nothing runs beside it to race.
     #[test]

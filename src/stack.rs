@@ -25,7 +25,8 @@
 //!   program keeps correct stacks.
 //!
 //! The frame-pointer walk and libgcc's take no lock of ours and allocate nothing through the
-//! global allocator. The caching unwinder takes its locks with `try_lock` only (busy: libgcc
+//! global allocator. On glibc before 2.35, where libgcc's walks the loader's list under a lock
+//! glibc does not reset in a forked child, its unwinds are fenced against fork (see `fence`). The caching unwinder takes its locks with `try_lock` only (busy: libgcc
 //! unwinds the sample), allocates only when it meets an object for the first time (outside the
 //! frame loop; measured and held out of the program's heap figures), and reads the stack with
 //! the same bounds as the frame-pointer walk; see the docs of `cached`.
@@ -239,7 +240,10 @@ mod cached {
 /// Auto mode: unwind, and compare with the frame-pointer walk.
 #[cold]
 fn capture_verifying(frames: &mut [usize; MAX_FRAMES]) -> usize {
-    let depth = unwind(frames);
+    // Met by a fork's fence: no stack, and no vote.
+    let Some(depth) = unwind_fenced(frames) else {
+        return 0;
+    };
     if !frame_pointers_supported() {
         MODE.store(MODE_UNWINDER, Ordering::Relaxed);
         return depth;
@@ -297,9 +301,40 @@ fn chains_agree(unwound: &[usize], walked: &[usize]) -> bool {
 /// Outermost frames the walk may miss and still agree: libc's thread-entry frames.
 const OUTER_SLACK: usize = 3;
 
-/// libgcc's walk from here into `frames`, innermost first; the depth reached. Takes no lock of
-/// ours and allocates nothing, so the CPU sampler calls it from its signal handler too.
+/// libgcc's walk from here into `frames`, innermost first; the depth reached; no stack (0
+/// frames) for a sample met by a fork being prepared, where its unwinds are fenced (see
+/// `fence`). Takes no lock and allocates nothing once [`prepare_unwinds`] has run, so the CPU
+/// sampler calls it from its signal handler too.
 pub(crate) fn unwind(frames: &mut [usize]) -> usize {
+    unwind_fenced(frames).unwrap_or(0)
+}
+
+/// libgcc's unwinder, fenced against fork where it walks the loader's list; `None`: a fork is
+/// being prepared there, and nothing was unwound.
+fn unwind_fenced(frames: &mut [usize]) -> Option<usize> {
+    if !fence::needed() {
+        return Some(unwind_unfenced(frames));
+    }
+    let _in_flight = fence::enter()?;
+    Some(unwind_unfenced(frames))
+}
+
+mod fence;
+
+/// Decides now whether unwinds are fenced (reading glibc's version allocates): before code
+/// that must not allocate, such as a signal handler, first unwinds.
+pub(crate) fn prepare_unwinds() {
+    fence::needed();
+}
+
+/// Fences libgcc's unwinds of samples against fork (`true`) as on glibc before 2.35, or not,
+/// whatever this glibc: test support, not API.
+#[doc(hidden)]
+pub fn __fence_libgcc_unwinds(fenced: bool) {
+    fence::force(fenced);
+}
+
+fn unwind_unfenced(frames: &mut [usize]) -> usize {
     let mut depth = 0;
     // SAFETY: `trace_unsynchronized` is unsafe only because it skips backtrace's global lock,
     // which guards unwinders that are not thread-safe; the Linux/glibc `_Unwind_Backtrace` is

@@ -141,6 +141,7 @@ impl Sampling {
             table: table.cast(),
         };
         find_blocked_ranges();
+        crate::stack::prepare_unwinds();
         LOST.store(0, Ordering::Relaxed);
         ACTIVE.store(sampling.table, Ordering::SeqCst);
         install_handler().map_err(StartError)?;

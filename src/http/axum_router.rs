@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{NestedPath, Request};
 use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A router serving every page of the built-in listener. The token (`HEAPWATCH_TOKEN`) is read
@@ -15,6 +16,8 @@ use std::sync::Arc;
 /// the calling task; each takes milliseconds (a snapshot and an encoding), except those that
 /// wait `?seconds=N` (a CPU profile, a heap delta), which wait on tokio's blocking pool
 /// (`spawn_blocking`), never on a runtime worker; one of each runs at a time, others get 409.
+/// A client that goes away while its page waits (hyper drops the request's future) stops the
+/// wait and frees its slot within 100 ms.
 ///
 /// Mount it with `nest_service`, which routes both `/heapwatch` and `/heapwatch/` to the index
 /// (axum's `nest` routes only `/heapwatch`: `/heapwatch/` never reaches the nested router, see
@@ -88,25 +91,43 @@ fn link_base(nested: Option<&NestedPath>) -> String {
 }
 
 /// Waits on tokio's blocking pool, so the seconds a page waits hold no runtime worker; outside
-/// a tokio runtime (another executor), on a thread of its own.
+/// a tokio runtime (another executor), on a thread of its own. The wait stops when its client
+/// goes away: hyper then drops the request's future, and with it this one's [`SetOnDrop`],
+/// which the waiting thread asks about.
 async fn wait_off_the_runtime(wait: super::pprof_pages::Wait) -> super::response::Response {
     let failed = || super::response::Response::error(500);
-    match tokio::runtime::Handle::try_current() {
+    let gone = Arc::new(AtomicBool::new(false));
+    let _on_drop = SetOnDrop(Arc::clone(&gone));
+    let client_gone = move || gone.load(Ordering::Acquire);
+    // `None` only once the flag is set, that is once this future is dropped: never seen here.
+    let waited = match tokio::runtime::Handle::try_current() {
         Ok(runtime) => runtime
-            .spawn_blocking(move || wait.wait())
+            .spawn_blocking(move || wait.wait(&client_gone))
             .await
-            .unwrap_or_else(|_| failed()),
+            .ok()
+            .flatten(),
         Err(_) => {
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new()
                 .name("heapwatch-pprof-wait".to_owned())
                 .spawn(move || {
-                    let _ = sender.send(wait.wait());
+                    let _ = sender.send(wait.wait(&client_gone));
                 });
             match spawned {
-                Ok(_) => receiver.await.unwrap_or_else(|_| failed()),
-                Err(_) => failed(),
+                Ok(_) => receiver.await.ok().flatten(),
+                Err(_) => None,
             }
         }
+    };
+    waited.unwrap_or_else(failed)
+}
+
+/// Sets its flag when dropped: a future dropped before it finished (the client went away)
+/// tells the thread it handed work to.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }

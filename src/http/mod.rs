@@ -32,10 +32,13 @@
 //! The pages that wait (`?seconds=N`, at most 120) run one CPU profile and one heap delta at a
 //! time; a second request while one runs is answered 409 at once, so two workers at most wait
 //! and the others keep serving. A worker rendering is under no deadline, so a 30 s profile is
-//! not cut; the 10 s to take the answer start once it is ready.
+//! not cut; the 10 s to take the answer start once it is ready. A page that waits stops when its
+//! client goes away (closes, or shuts down its sending side, as Go's does): it answers nothing
+//! and its slot is free within 100 ms.
 
 #[cfg(feature = "axum")]
 mod axum_router;
+mod clients;
 mod metrics_page;
 mod pprof_pages;
 mod query;

@@ -9,6 +9,10 @@
 //! once, 409 Conflict, with a body that says so. A page that waits is split from the request's
 //! parsing ([`Answer::Later`]), so the axum router can wait on a blocking thread and never on
 //! a runtime worker.
+//!
+//! A page that waits stops when its client goes away (as Go's does, on the request's context):
+//! the server tells it through the `client_gone` it passes to [`Wait::wait`], which is asked
+//! every [`CANCEL_CHECK`], and the slot is free as soon as the wait returns.
 
 use super::query::{parse, PprofQuery};
 use super::response::Response;
@@ -29,7 +33,8 @@ impl Answer {
     pub(crate) fn into_response(self) -> Response {
         match self {
             Answer::Now(response) => response,
-            Answer::Later(wait) => wait.wait(),
+            // Nobody here can go away: the wait always runs to its end.
+            Answer::Later(wait) => wait.wait(&|| false).unwrap_or_else(|| Response::error(500)),
         }
     }
 }
@@ -50,13 +55,18 @@ enum WaitKind {
     },
 }
 
+/// How often a wait asks whether its client went away: an abandoned wait frees its slot within
+/// this (and the server's own delay in noticing).
+pub(crate) const CANCEL_CHECK: Duration = Duration::from_millis(100);
+
 impl Wait {
-    /// Waits the request's seconds and renders the page.
-    pub(crate) fn wait(self) -> Response {
+    /// Waits the request's seconds and renders the page; `None`, the slot freed, as soon as
+    /// `client_gone` answers true (asked every [`CANCEL_CHECK`]): nobody is left to answer.
+    pub(crate) fn wait(self, client_gone: &dyn Fn() -> bool) -> Option<Response> {
         let window = Duration::from_secs(self.seconds);
-        match self.kind {
+        Some(match self.kind {
             #[cfg(feature = "cpu")]
-            WaitKind::Cpu(reservation) => match reservation.profile(window) {
+            WaitKind::Cpu(reservation) => match reservation.profile_until(window, client_gone) {
                 Ok(profile) => {
                     let mut body = Vec::new();
                     match crate::encode::write_cpu_pprof(&profile, &mut body) {
@@ -67,17 +77,35 @@ impl Wait {
                 Err(error @ crate::cpu::session::CpuProfileError::AlreadyRunning) => {
                     Response::text(409, error.to_string())
                 }
+                Err(crate::cpu::session::CpuProfileError::Cancelled) => return None,
                 Err(error) => Response::text(500, error.to_string()),
             },
             WaitKind::HeapDelta { _slot, name } => {
                 // Go's delta profile: the alloc_* figures of the window (what was allocated
                 // in it), the in-use figures as of its end.
                 let earlier = crate::snapshot::snapshot();
-                std::thread::sleep(window);
+                if !sleep_unless(window, client_gone) {
+                    return None;
+                }
                 let delta = crate::snapshot::snapshot().allocated_since(&earlier);
                 pprof(&delta, name)
             }
+        })
+    }
+}
+
+/// Sleeps `window` in slices of [`CANCEL_CHECK`]; false, at once, when `client_gone` says so.
+fn sleep_unless(window: Duration, client_gone: &dyn Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + window;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
         }
+        if client_gone() {
+            return false;
+        }
+        std::thread::sleep(left.min(CANCEL_CHECK));
     }
 }
 
@@ -253,8 +281,14 @@ mod tests {
         assert!(body.contains("feature `cpu`"), "{body}");
     }
 
+    /// The tests that take the one heap delta's slot, one at a time.
+    static SLOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn one_heap_delta_at_a_time() {
+        let _slot = SLOT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let first = heap("seconds=1", SampleType::AllocSpace, "allocs");
         assert!(matches!(first, Answer::Later(_)));
         let (code, body) = status(heap("seconds=1", SampleType::InuseSpace, "heap"));
@@ -265,5 +299,29 @@ mod tests {
             heap("seconds=1", SampleType::InuseSpace, "heap"),
             Answer::Later(_)
         ));
+    }
+
+    #[test]
+    fn a_wait_whose_client_went_away_frees_its_slot_at_once() {
+        let _slot = SLOT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Answer::Later(wait) = heap("seconds=30", SampleType::InuseSpace, "heap") else {
+            panic!("a delta waits");
+        };
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let answer = wait.wait(&|| asked.fetch_add(1, Ordering::Relaxed) >= 2);
+        let took = started.elapsed();
+        assert!(answer.is_none(), "nobody to answer");
+        assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+        assert!(took >= CANCEL_CHECK * 2, "asked every slice: {took:?}");
+        assert!(
+            matches!(
+                heap("seconds=1", SampleType::InuseSpace, "heap"),
+                Answer::Later(_)
+            ),
+            "the slot is free"
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! connection, strict limits. Enough for scrapers and people; nothing from a request ever
 //! reaches the filesystem (see `routes`).
 
-use super::routes::{reason_phrase, respond, Context, Response};
+use super::clients::Client;
+use super::pprof_pages::Answer;
+use super::routes::{answer_under, reason_phrase, Context, Response};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -74,8 +76,9 @@ pub struct ServerBuilder {
 ///
 /// A forked child inherits the value but not the threads: dropping it there leaves the
 /// parent's listener alone (it neither joins nor wakes anything) and closes the child's copies
-/// of the listener's descriptors, so the child does not keep the port open. The child can
-/// start a listener of its own.
+/// of the listener's descriptors, so the child does not keep the port open. Its copies of the
+/// client connections are closed at the fork already (a fork handler), so none stays open to
+/// its client once the parent closes it. The child can start a listener of its own.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
@@ -310,12 +313,15 @@ impl Wake {
 struct Job {
     id: u64,
     head: Head,
+    /// Set by the poller when the client closed its end: a page that waits stops waiting.
+    gone: Arc<AtomicBool>,
 }
 
-/// A worker's answer to job `id`.
+/// A worker's answer to job `id`; `None`: the client went away while it waited, nobody to
+/// answer.
 struct Done {
     id: u64,
-    response: Response,
+    response: Option<Response>,
 }
 
 fn work(
@@ -335,15 +341,20 @@ fn work(
             return;
         }
         // A panic in a page must not take the worker down with it.
-        let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            respond(
-                context,
-                &job.head.method,
-                &job.head.target,
-                job.head.authorization.as_deref(),
-            )
-        }))
-        .unwrap_or_else(|_| plain(500));
+        let response =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match answer_under(
+                    context,
+                    "",
+                    &job.head.method,
+                    &job.head.target,
+                    job.head.authorization.as_deref(),
+                ) {
+                    Answer::Now(response) => Some(response),
+                    Answer::Later(wait) => wait.wait(&|| job.gone.load(Ordering::Acquire)),
+                }
+            }))
+            .unwrap_or_else(|_| Some(plain(500)));
         if done
             .send(Done {
                 id: job.id,
@@ -378,7 +389,7 @@ struct Head {
 /// One client connection and where its exchange stands.
 struct Conn {
     id: u64,
-    stream: TcpStream,
+    stream: Client,
     state: State,
     /// When the current stage must be over: receiving the request, or sending the answer.
     /// `None` while a worker renders (bounded by the queue, not by the client).
@@ -388,8 +399,14 @@ struct Conn {
 enum State {
     /// Receiving the request.
     Reading(Incoming),
-    /// A worker renders the answer; for HEAD, only its head is to be sent.
-    Rendering { head_only: bool },
+    /// A worker renders the answer; for HEAD, only its head is to be sent. `gone` is set once
+    /// the client closed its end (or the connection failed): the worker's page stops if it
+    /// waits, and the connection is no longer polled (the condition would report at every
+    /// round).
+    Rendering {
+        head_only: bool,
+        gone: Arc<AtomicBool>,
+    },
     /// The answer's head and body; `sent` counts bytes of both, head first.
     Writing {
         head: Vec<u8>,
@@ -422,7 +439,8 @@ impl Conn {
         match self.state {
             State::Reading(_) => self.receive(poller),
             State::Writing { .. } => self.send(),
-            State::Rendering { .. } | State::Closed => {}
+            State::Rendering { ref gone, .. } => gone.store(true, Ordering::Release),
+            State::Closed => {}
         }
     }
 
@@ -438,7 +456,7 @@ impl Conn {
         .saturating_add(1)
         .saturating_sub(incoming.received.len());
         let mut chunk = [0u8; 4096];
-        let ended = match (&self.stream).read(&mut chunk[..room.min(4096)]) {
+        let ended = match (&*self.stream).read(&mut chunk[..room.min(4096)]) {
             Ok(0) => true,
             Ok(n) => {
                 incoming.received.extend_from_slice(&chunk[..n]);
@@ -467,9 +485,15 @@ impl Conn {
 
     fn dispatch(&mut self, head: Head, poller: &Poller) {
         let head_only = head.method == "HEAD";
-        match poller.jobs.try_send(Job { id: self.id, head }) {
+        let gone = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            id: self.id,
+            head,
+            gone: Arc::clone(&gone),
+        };
+        match poller.jobs.try_send(job) {
             Ok(()) => {
-                self.state = State::Rendering { head_only };
+                self.state = State::Rendering { head_only, gone };
                 self.deadline = None;
             }
             Err(TrySendError::Full(_)) => self.answer(plain(503), head_only, poller),
@@ -505,7 +529,7 @@ impl Conn {
                 self.state = State::Closed;
                 return;
             }
-            match (&self.stream).write(rest) {
+            match (&*self.stream).write(rest) {
                 Ok(n) if n > 0 => *sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -695,9 +719,12 @@ fn serve(
             libc::POLLIN,
         ));
         for (i, conn) in conns.iter().enumerate() {
-            let events = match conn.state {
+            let events = match &conn.state {
                 State::Reading(_) => libc::POLLIN,
                 State::Writing { .. } => libc::POLLOUT,
+                // Only the client's end closing (or the connection failing: POLLHUP and
+                // POLLERR are reported whatever is asked), not bytes it may send meanwhile.
+                State::Rendering { gone, .. } if !gone.load(Ordering::Relaxed) => PEER_CLOSED,
                 State::Rendering { .. } | State::Closed => continue,
             };
             polled.push(pollfd(conn.stream.as_raw_fd(), events));
@@ -724,8 +751,17 @@ fn serve(
         }
         while let Ok(done) = finished.try_recv() {
             if let Some(conn) = conns.iter_mut().find(|conn| conn.id == done.id) {
-                let head_only = matches!(conn.state, State::Rendering { head_only: true });
-                conn.answer(done.response, head_only, &poller);
+                let head_only = matches!(
+                    conn.state,
+                    State::Rendering {
+                        head_only: true,
+                        ..
+                    }
+                );
+                match done.response {
+                    Some(response) => conn.answer(response, head_only, &poller),
+                    None => conn.state = State::Closed,
+                }
             }
         }
         for (k, &i) in owners.iter().enumerate() {
@@ -736,8 +772,8 @@ fn serve(
         if listening && polled[1].revents != 0 {
             // At most a table's worth per round, so the others are served during a flood.
             for _ in 0..max_connections {
-                let stream = match listener.accept() {
-                    Ok((stream, _)) => stream,
+                let stream = match Client::accept(listener) {
+                    Ok(stream) => stream,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e)
                         if matches!(
@@ -824,6 +860,13 @@ fn refuse(stream: &TcpStream) {
     let _ = (&*stream).write(&answer);
     let _ = stream.shutdown(Shutdown::Write);
 }
+
+/// The poll(2) event of a peer that closed its end (shut down writing or closed), where the
+/// system reports it apart from readable data; elsewhere only a hang-up or an error tells.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const PEER_CLOSED: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const PEER_CLOSED: libc::c_short = 0;
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
