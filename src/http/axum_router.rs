@@ -63,6 +63,9 @@ pub fn router() -> axum::Router {
             if let Some(disposition) = page.disposition {
                 response = response.header(header::CONTENT_DISPOSITION, disposition);
             }
+            if let Some(seconds) = page.retry_after {
+                response = response.header(header::RETRY_AFTER, seconds);
+            }
             let body = if parts.method == Method::HEAD {
                 Body::empty()
             } else {

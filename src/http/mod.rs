@@ -36,6 +36,8 @@
 
 #[cfg(feature = "axum")]
 mod axum_router;
+mod budget;
+mod heavy_pages;
 mod metrics_page;
 mod pprof_pages;
 mod query;
@@ -45,6 +47,7 @@ mod server;
 
 #[cfg(feature = "axum")]
 pub use axum_router::router;
+pub use budget::{response_budget, set_response_budget, DEFAULT_RESPONSE_BUDGET_BYTES};
 pub use routes::{reason_phrase, respond, respond_under, Context, Response};
 pub use server::{Limits, Server, ServerBuilder};
 

@@ -137,35 +137,8 @@ pub(crate) fn heap(query: &str, default: SampleType, name: &'static str) -> Answ
                 "a heap delta profile (?seconds=) is already being taken; one runs at a time, try again when it ends",
             )),
         },
-        PprofQuery { debug: 1.., .. } => {
-            let mut profile = crate::snapshot::snapshot();
-            // `go tool pprof`, fetching over HTTP, names each listed object from its file, and
-            // asks `/debug/pprof/symbol` (Go's symbolz, a POST heapwatch does not serve) for
-            // any it cannot name so (a stripped system library), failing when refused. Objects
-            // other than the executable are therefore listed as `[libc.so.6]`, a name pprof
-            // knows not to symbolize (as `[vdso]`): their frames read as the object's name.
-            let executable = std::env::current_exe().ok();
-            for mapping in &mut profile.mappings {
-                let path = std::path::Path::new(&mapping.path);
-                if executable.as_deref() != Some(path) {
-                    let name = path.file_name().map_or_else(
-                        || mapping.path.clone(),
-                        |name| name.to_string_lossy().into_owned(),
-                    );
-                    mapping.path = format!("[{name}]");
-                }
-            }
-            let mut body = Vec::new();
-            match crate::encode::write_legacy_heap(&profile, &mut body) {
-                Ok(()) => Answer::Now(Response::new(200, "text/plain; charset=utf-8", body)),
-                Err(_) => Answer::Now(Response::error(500)),
-            }
-        }
-        PprofQuery { .. } => {
-            let mut profile = crate::snapshot::snapshot();
-            profile.default_sample_type = Some(default);
-            Answer::Now(pprof(&profile, name))
-        }
+        PprofQuery { debug: 1.., .. } => Answer::Now(super::heavy_pages::legacy_text()),
+        PprofQuery { .. } => Answer::Now(super::heavy_pages::pprof(default, name)),
     }
 }
 

@@ -12,6 +12,9 @@ pub struct Response {
     pub disposition: Option<String>,
     /// The body.
     pub body: Vec<u8>,
+    /// `Retry-After`, in seconds: set on a 503 that a later try may not get (the response
+    /// budget was spent, or every worker was busy).
+    pub retry_after: Option<u32>,
 }
 
 impl Response {
@@ -21,7 +24,19 @@ impl Response {
             content_type,
             disposition: None,
             body: body.into(),
+            retry_after: None,
         }
+    }
+
+    /// `503 Service Unavailable` with `Retry-After`: the page's memory did not fit the
+    /// response budget (see [`set_response_budget`](super::budget::set_response_budget)).
+    pub(crate) fn over_budget() -> Self {
+        let mut response = Response::text(
+            503,
+            "the memory this page needs is not available now (heapwatch's response budget is spent); retry later",
+        );
+        response.retry_after = Some(super::budget::RETRY_AFTER_SECONDS);
+        response
     }
 
     pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {

@@ -363,6 +363,8 @@ fn plain(status: u16) -> Response {
         content_type: "text/plain; charset=utf-8",
         disposition: None,
         body: format!("{}\n", reason_phrase(status)).into_bytes(),
+        // Only 503 comes here with a reason to retry: every worker was busy.
+        retry_after: (status == 503).then_some(super::budget::RETRY_AFTER_SECONDS),
     }
 }
 
@@ -910,6 +912,9 @@ fn response_head(response: &Response) -> Vec<u8> {
     }
     if let Some(disposition) = &response.disposition {
         head.push_str(&format!("Content-Disposition: {disposition}\r\n"));
+    }
+    if let Some(seconds) = response.retry_after {
+        head.push_str(&format!("Retry-After: {seconds}\r\n"));
     }
     head.push_str("\r\n");
     head.into_bytes()
