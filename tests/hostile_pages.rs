@@ -5,12 +5,19 @@
 //! 64 MiB in total; a page that cannot fit the response budget answers 503 with `Retry-After`,
 //! and a tiny budget proves that it does, without the peak rising past it.
 //!
+//! The pages must still say everything: `go tool pprof` reads the same live total from the
+//! legacy text and from the protobuf page, the protobuf page carries every tenant's label,
+//! and both flamegraphs draw that same total. Requires Go (`golang-go`); without it that
+//! scenario fails, saying so.
+//!
 //! The scenarios run one after another in one process (`harness = false`): the sampling rate
 //! and the budget are process-wide. `cargo test --release --test hostile_pages -- NAME` runs
 //! the scenarios whose name contains NAME. Linux only (`/proc/self/status`); where
 //! `clear_refs` cannot be written the measurement scenario says so and fails.
 //!
 //! Frame-pointer pass: not needed — what is measured is the pages' memory, not which frames the stacks hold.
+
+mod common;
 
 use heapwatch::http::Server;
 use std::hint::black_box;
@@ -65,7 +72,11 @@ fn main() {
         .start()
         .expect("start the listener");
     let addr = server.local_addr().to_string();
-    let scenarios: [(&str, fn(&str)); 2] = [
+    let scenarios: [(&str, fn(&str)); 3] = [
+        (
+            "the_pages_still_say_everything",
+            the_pages_still_say_everything,
+        ),
         (
             "four_concurrent_requests_of_each_page",
             four_concurrent_requests_of_each_page,
@@ -127,6 +138,87 @@ fn recurse(depth: usize, blocks: &mut Vec<Box<[u8]>>) {
     blocks.push(black_box(vec![depth as u8; 48]).into_boxed_slice());
     recurse(black_box(depth - 1), blocks);
     black_box(&blocks);
+}
+
+/// The live total `go tool pprof -top` shows for `url`, in bytes.
+fn pprof_total(url: &str, scratch: &std::path::Path) -> (f64, String) {
+    let text = common::go_pprof(
+        &["-top", "-sample_index=inuse_space", "-unit=B"],
+        url,
+        scratch,
+    );
+    let total = text
+        .lines()
+        .find_map(|line| {
+            let (_, rest) = line.split_once("% of ")?;
+            rest.split_whitespace()
+                .next()?
+                .trim_end_matches('B')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no total in go tool pprof's output:\n{text}"));
+    (total, text)
+}
+
+fn the_pages_still_say_everything(addr: &str) {
+    let scratch =
+        std::env::temp_dir().join(format!("heapwatch-hostile-pages-go-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    let (legacy, legacy_top) =
+        pprof_total(&format!("http://{addr}/debug/pprof/heap?debug=1"), &scratch);
+    let (proto, _) = pprof_total(&format!("http://{addr}/debug/pprof/heap"), &scratch);
+    println!("  go tool pprof: ?debug=1 {legacy} B live, protobuf {proto} B live");
+    assert!(
+        legacy > 0.0 && (legacy - proto).abs() <= proto * 0.01,
+        "?debug=1 {legacy} B against pprof {proto} B"
+    );
+    assert!(
+        legacy_top.contains("recurse"),
+        "the recursion is not in the top:\n{legacy_top}"
+    );
+    let tags = common::go_pprof(
+        &["-tags", "-sample_index=inuse_space"],
+        &format!("http://{addr}/debug/pprof/heap"),
+        &scratch,
+    );
+    let tenants = tags
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("tenant: Total"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .count();
+    assert_eq!(
+        tenants, TENANTS,
+        "tenant labels in the protobuf page:\n{tags}"
+    );
+    // The flamegraphs draw the whole heap: their totals are pprof's (each leaves out only
+    // frames narrower than 0.1 % of it, which inferno would not draw either).
+    for page in [
+        "/debug/heap/flamegraph.svg",
+        "/debug/heap/flamegraph.svg?by=span",
+    ] {
+        let svg = get(addr, page);
+        assert_eq!(svg.status, 200, "{page}");
+        let svg = String::from_utf8_lossy(&svg.body);
+        if std::env::var_os("HOSTILE_PAGES_KEEP_SVG").is_some() {
+            let _ = std::fs::write("/tmp/hostile_pages.svg", svg.as_bytes());
+        }
+        let total: f64 = svg
+            .split("total_samples=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no total in {page}"));
+        println!("  {page}: {total} B live drawn");
+        assert!(
+            (total - proto).abs() <= proto * 0.02,
+            "{page} draws {total} B, pprof reads {proto} B"
+        );
+        if page.ends_with("by=span") {
+            assert!(svg.contains("[no span]"), "{page} has no root by span");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 fn four_concurrent_requests_of_each_page(addr: &str) {

@@ -1,15 +1,13 @@
 //! What a flamegraph can show of many stacks, in memory that follows what it shows: the
-//! stacks are merged into a tree of call paths, and a path's own bytes narrower than a pixel
-//! are handed to its caller, as the picture would show them (a gap under the caller). What is
-//! left is at most one stack per pixel of width, whatever the number of stacks, so the folded
-//! lines that inferno keeps in memory stay few however many samples the heap holds.
+//! stacks are merged into a tree of call paths, and a path's own value narrower than the
+//! narrowest frame drawn is handed to its caller, as the picture shows it (a gap under the
+//! caller). What is left is at most one stack per narrowest width drawn (1,000 at inferno's
+//! 0.1 %) besides the outermost frames, whatever the number of stacks, so the folded lines that
+//! inferno keeps in memory stay few however many samples a profile holds. Totals are kept:
+//! an outermost frame keeps whatever its callees handed it.
 
 use crate::profile::{Line, Location, Profile, Sample, SampleType};
 use std::collections::HashMap;
-
-/// Pixels of a flamegraph's width (inferno's default image width): a path narrower than one
-/// of them is invisible anyway.
-const WIDTH_PIXELS: i64 = 1200;
 
 /// Tree nodes reserved at a time from the caller's budget.
 const NODES_PER_GRANT: usize = 4096;
@@ -20,17 +18,18 @@ const NODES_PER_GRANT: usize = 4096;
 pub(crate) const BYTES_PER_NODE: usize = 96;
 
 /// One stack to draw: the profile's sample `stack` holds its locations; `root`, if any, is an
-/// extra outermost frame (an index into the root names); `bytes` its width.
+/// extra outermost frame (an index into the root names); `value` its width.
+#[derive(Clone)]
 pub(crate) struct WeightedStack {
     pub stack: usize,
     pub root: Option<usize>,
-    pub bytes: i64,
+    pub value: i64,
 }
 
 struct Node {
     parent: u32,
     location: u32,
-    own_bytes: i64,
+    own: i64,
 }
 
 /// The tree of the stacks under one root, and the nodes the budget has granted it.
@@ -47,15 +46,15 @@ impl Tree {
         self.nodes.push(Node {
             parent: u32::MAX,
             location: u32::MAX,
-            own_bytes: 0,
+            own: 0,
         });
     }
 
-    /// Adds `bytes` at the end of `path` (root first); `false` if the budget refused a node.
+    /// Adds `value` at the end of `path` (root first); `false` if the budget refused a node.
     fn add(
         &mut self,
         path: impl Iterator<Item = usize>,
-        bytes: i64,
+        value: i64,
         grant: &mut impl FnMut(usize) -> bool,
     ) -> bool {
         let mut node = 0u32;
@@ -73,23 +72,24 @@ impl Tree {
                 self.nodes.push(Node {
                     parent: key.0,
                     location: key.1,
-                    own_bytes: 0,
+                    own: 0,
                 });
             }
         }
-        let own = &mut self.nodes[node as usize].own_bytes;
-        *own = own.saturating_add(bytes);
+        let own = &mut self.nodes[node as usize].own;
+        *own = own.saturating_add(value);
         true
     }
 
-    /// Adds to `out` one sample per path whose own bytes fill at least `pixel`, after the
-    /// narrower ones have been handed to their callers.
-    fn emit(&mut self, pixel: i64, out: &mut Vec<Sample>) {
+    /// Adds to `out` one sample of `sample_type` per path whose own value is at least
+    /// `narrowest`, after the narrower ones have been handed to their callers; an outermost
+    /// frame keeps any value left to it.
+    fn emit(&mut self, narrowest: i64, sample_type: SampleType, out: &mut Vec<Sample>) {
         let nodes = &mut self.nodes;
         // Children come after their parents: walking backwards sees every child first.
         for index in (1..nodes.len()).rev() {
-            let (own, parent) = (nodes[index].own_bytes, nodes[index].parent as usize);
-            if own >= pixel {
+            let (own, parent) = (nodes[index].own, nodes[index].parent as usize);
+            if own >= narrowest || (parent == 0 && own != 0) {
                 let mut locations = Vec::new();
                 let mut at = index;
                 while at != 0 {
@@ -97,34 +97,37 @@ impl Tree {
                     at = nodes[at].parent as usize;
                 }
                 let mut values = [0; 4];
-                values[SampleType::InuseSpace as usize] = own;
+                values[sample_type as usize] = own;
                 out.push(Sample {
                     locations,
                     values,
                     labels: Vec::new(),
                 });
             } else {
-                nodes[parent].own_bytes = nodes[parent].own_bytes.saturating_add(own);
+                nodes[parent].own = nodes[parent].own.saturating_add(own);
             }
         }
     }
 }
 
-/// A profile of the paths of `stacks` a flamegraph of [`SampleType::InuseSpace`] can show,
-/// each path's location the profile's (or, for a root, a new location named after
-/// `root_names`). `stacks` come grouped by root: one root's tree is held at a time.
-/// `grant(bytes)` is asked before a tree grows; `None` if it refuses.
+/// A profile of the paths of `stacks` a flamegraph of `sample_type` drawing no frame
+/// narrower than `min_width_percent` of the total (inferno's `min_width`) can show, each path's location the profile's
+/// (or, for a root, a new location named after `root_names`). `stacks` come grouped by root:
+/// one root's tree is held at a time. `grant(bytes)` is asked before a tree grows; `None` if
+/// it refuses.
 pub(crate) fn visible_part(
     profile: &Profile,
     stacks: impl Iterator<Item = WeightedStack> + Clone,
     root_names: &[String],
+    sample_type: SampleType,
+    min_width_percent: f64,
     mut grant: impl FnMut(usize) -> bool,
 ) -> Option<Profile> {
     let total = stacks
         .clone()
-        .filter(|s| s.bytes > 0)
-        .fold(0i64, |total, s| total.saturating_add(s.bytes));
-    let pixel = (total / WIDTH_PIXELS).max(1);
+        .filter(|s| s.value > 0)
+        .fold(0i64, |total, s| total.saturating_add(s.value));
+    let narrowest = ((total as f64 * min_width_percent / 100.0) as i64).max(1);
     let first_root = profile.locations.len();
     let mut visible = Profile {
         locations: profile.locations.clone(),
@@ -149,12 +152,12 @@ pub(crate) fn visible_part(
     };
     tree.clear();
     let mut current_root = None;
-    for weighted in stacks.filter(|s| s.bytes > 0) {
+    for weighted in stacks.filter(|s| s.value > 0) {
         let Some(sample) = profile.samples.get(weighted.stack) else {
             continue;
         };
         if weighted.root != current_root {
-            tree.emit(pixel, &mut visible.samples);
+            tree.emit(narrowest, sample_type, &mut visible.samples);
             tree.clear();
             current_root = weighted.root;
         }
@@ -162,11 +165,11 @@ pub(crate) fn visible_part(
         let path = roots
             .into_iter()
             .chain(sample.locations.iter().rev().copied());
-        if !tree.add(path, weighted.bytes, &mut grant) {
+        if !tree.add(path, weighted.value, &mut grant) {
             return None;
         }
     }
-    tree.emit(pixel, &mut visible.samples);
+    tree.emit(narrowest, sample_type, &mut visible.samples);
     Some(visible)
 }
 
@@ -203,23 +206,30 @@ mod tests {
         let stacks = [0, 1].into_iter().flat_map(|root| {
             [(0, 100_000), (1, 1), (0, 50_000)]
                 .into_iter()
-                .map(move |(stack, bytes)| WeightedStack {
+                .map(move |(stack, value)| WeightedStack {
                     stack,
                     root: Some(root),
-                    bytes,
+                    value,
                 })
         });
         let names = ["span: a".to_owned(), "span: b".to_owned()];
-        let visible = visible_part(&profile, stacks, &names, |_| true).expect("granted");
+        let visible = visible_part(
+            &profile,
+            stacks,
+            &names,
+            SampleType::InuseSpace,
+            1.0,
+            |_| true,
+        )
+        .expect("granted");
         let total: i64 = visible
             .samples
             .iter()
             .map(|s| s.value(SampleType::InuseSpace))
             .sum();
-        // `tiny` (1 byte of 300,002) is narrower than a pixel: handed to `main`, then to the span,
-        // then to the root of the tree, which is no frame: out of the picture, as inferno
-        // leaves it.
-        assert_eq!(total, 2 * 150_000);
+        // `tiny` (1 byte of 300,002) is narrower than 0.1 %: handed to `main`, then to the
+        // span, which keeps it: the total is whole.
+        assert_eq!(total, 2 * 150_001);
         let tiny = visible
             .locations
             .iter()
@@ -228,17 +238,20 @@ mod tests {
             .samples
             .iter()
             .all(|s| !s.locations.contains(&tiny.unwrap())));
-        assert_eq!(visible.samples.len(), 2, "{:?}", visible.samples);
-        assert!(visible_part(
+        assert_eq!(visible.samples.len(), 4, "{:?}", visible.samples);
+        let one = [WeightedStack {
+            stack: 0,
+            root: None,
+            value: 1,
+        }];
+        let refused = visible_part(
             &profile,
-            std::iter::once(WeightedStack {
-                stack: 0,
-                root: None,
-                bytes: 1
-            }),
+            one.into_iter(),
             &[],
-            |_| false
-        )
-        .is_none());
+            SampleType::InuseSpace,
+            0.1,
+            |_| false,
+        );
+        assert!(refused.is_none(), "a tree the budget refused");
     }
 }

@@ -31,10 +31,13 @@ const RENDER_BYTES: usize = 1 << 20;
 pub(crate) const LEGACY_TEXT_MAX_BYTES: usize = 16 << 20;
 /// The largest gzipped pprof body.
 pub(crate) const PPROF_MAX_BYTES: usize = 16 << 20;
-/// The largest flamegraph SVG: at most one stack per pixel of width is drawn.
+/// The largest flamegraph SVG: frames narrower than 0.1 % of the total are not drawn.
 pub(crate) const FLAMEGRAPH_MAX_BYTES: usize = 8 << 20;
 /// The largest report (JSON: counters and the top sites and spans).
 pub(crate) const REPORT_MAX_BYTES: usize = 1 << 20;
+/// The narrowest frame the live flamegraphs draw, in percent of the total: inferno's default,
+/// so the pages draw what they drew; at most ~1,000 stacks besides the outermost frames.
+const PAGE_MIN_WIDTH_PERCENT: f64 = 0.1;
 /// What inferno holds per byte of the folded lines it draws (the lines, its frames, the SVG
 /// text it writes): measured at under 3 over heapwatch's own pages.
 const INFERNO_BYTES_PER_FOLDED_BYTE: usize = 4;
@@ -170,12 +173,17 @@ pub(crate) fn flamegraph(by_span: bool) -> Response {
             WeightedStack {
                 stack: split.stack as usize,
                 root: root_of_tag.get(&split.span).copied(),
-                bytes: split.totals.inuse_bytes.round() as i64,
+                value: split.totals.inuse_bytes.round() as i64,
             }
         });
-        crate::encode::visible_part(&page.profile, weighted, &root_names, |bytes| {
-            reservation.grow(bytes)
-        })
+        crate::encode::visible_part(
+            &page.profile,
+            weighted,
+            &root_names,
+            SampleType::InuseSpace,
+            PAGE_MIN_WIDTH_PERCENT,
+            |bytes| reservation.grow(bytes),
+        )
     } else {
         let weighted = page
             .profile
@@ -185,11 +193,16 @@ pub(crate) fn flamegraph(by_span: bool) -> Response {
             .map(|(stack, sample)| WeightedStack {
                 stack,
                 root: None,
-                bytes: sample.value(SampleType::InuseSpace),
+                value: sample.value(SampleType::InuseSpace),
             });
-        crate::encode::visible_part(&page.profile, weighted, &[], |bytes| {
-            reservation.grow(bytes)
-        })
+        crate::encode::visible_part(
+            &page.profile,
+            weighted,
+            &[],
+            SampleType::InuseSpace,
+            PAGE_MIN_WIDTH_PERCENT,
+            |bytes| reservation.grow(bytes),
+        )
     };
     let Some(visible) = visible else {
         return Response::over_budget();
