@@ -49,6 +49,9 @@ const PAGES: [&str; 9] = [
     "/debug/heap/dumps",
 ];
 
+/// A scenario's name and what it runs against the listener's address.
+type Scenario = (&'static str, fn(&str));
+
 fn main() {
     tracing_subscriber::registry()
         .with(heapwatch::SpanLayer::new().with_fields(["tenant"]))
@@ -72,7 +75,7 @@ fn main() {
         .start()
         .expect("start the listener");
     let addr = server.local_addr().to_string();
-    let scenarios: [(&str, fn(&str)); 3] = [
+    let scenarios: [Scenario; 4] = [
         (
             "the_pages_still_say_everything",
             the_pages_still_say_everything,
@@ -84,6 +87,10 @@ fn main() {
         (
             "past_the_budget_503_and_retry_after",
             past_the_budget_503_and_retry_after,
+        ),
+        (
+            "the_axum_router_shares_the_budget",
+            the_axum_router_shares_the_budget,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -324,6 +331,67 @@ fn past_the_budget_503_and_retry_after(addr: &str) {
         ));
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The axum router (feature `axum`) under the same budget: four concurrent requests of the
+/// heaviest page stay under the bound, and a spent budget answers 503 with `Retry-After`.
+#[cfg(feature = "axum")]
+fn the_axum_router_shares_the_budget(_: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    runtime.spawn(async move { axum::serve(listener, heapwatch::http::router()).await });
+    let addr = addr.as_str();
+    let mut failures = Vec::new();
+    for page in [
+        "/debug/pprof/heap?debug=1",
+        "/debug/heap/flamegraph.svg?by=span",
+        "/debug/pprof/heap",
+    ] {
+        let _ = get(addr, page);
+        let before = Resident::reset();
+        let answers: Vec<Answer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| get(addr, page))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a request thread"))
+                .collect()
+        });
+        let rise = Resident::peak().saturating_sub(before);
+        println!(
+            "  axum: {page:<38} peak +{:.1} MiB, statuses {:?}",
+            rise as f64 / (1u64 << 20) as f64,
+            answers.iter().map(|a| a.status).collect::<Vec<_>>()
+        );
+        if rise > MAX_RISE_BYTES {
+            failures.push(format!("axum {page}: peak rose {rise} B"));
+        }
+        if answers.iter().all(|a| a.status != 200) {
+            failures.push(format!("axum {page}: no request answered 200"));
+        }
+    }
+    let previous = heapwatch::http::set_response_budget(1 << 20);
+    let refused = get(addr, "/debug/pprof/heap?debug=1");
+    heapwatch::http::set_response_budget(previous);
+    if refused.status != 503 || refused.retry_after.is_none() {
+        failures.push(format!(
+            "axum under a spent budget: {} with Retry-After {:?}",
+            refused.status, refused.retry_after
+        ));
+    }
+    drop(runtime);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[cfg(not(feature = "axum"))]
+fn the_axum_router_shares_the_budget(_: &str) {
+    println!("  built without feature `axum`: the router is not served (run with --all-features)");
 }
 
 /// The peak resident size, read from `/proc/self/status`.

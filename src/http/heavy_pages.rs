@@ -348,6 +348,23 @@ fn span_totals(page: &PageSnapshot) -> Profile {
     totals
 }
 
+/// Bytes a whole [`crate::snapshot::snapshot`] (one sample per stack and span, as a delta
+/// profile needs) costs per return address of the table: 8 in its copy, 8 in its samples.
+const WHOLE_BYTES_PER_FRAME: usize = 16;
+/// ... and per stack of the table: a sample with its labels.
+const WHOLE_BYTES_PER_STACK: usize = 256;
+
+/// A reservation for `count` whole snapshots of the table as it is now (or their like: a
+/// difference of two, its pprof message), or `None` past the budget. The heap delta page
+/// (`?seconds=N`) compares whole snapshots: the stacks of the two ends are matched by span.
+pub(crate) fn whole_snapshots(count: usize) -> Option<Reservation> {
+    let (stacks, frames) = crate::table::raw_size();
+    let one = frames
+        .saturating_mul(WHOLE_BYTES_PER_FRAME)
+        .saturating_add(stacks.saturating_mul(WHOLE_BYTES_PER_STACK));
+    Reservation::take(one.saturating_mul(count).saturating_add(RENDER_BYTES))
+}
+
 /// What a light page reserves (`/metrics`, the index, the dump listing, a refusal): their
 /// text is a few KiB, bounded by the number of metrics and dump files, not by the heap.
 pub(crate) const LIGHT_PAGE_BYTES: usize = 256 << 10;

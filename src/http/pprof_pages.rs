@@ -70,6 +70,11 @@ impl Wait {
                 Err(error) => Response::text(500, error.to_string()),
             },
             WaitKind::HeapDelta { _slot, name } => {
+                // Two whole snapshots, their difference and its message: reserved for the
+                // whole wait (one delta runs at a time), from the table's size as it starts.
+                let Some(_reservation) = super::heavy_pages::whole_snapshots(4) else {
+                    return Response::over_budget();
+                };
                 // Go's delta profile: the alloc_* figures of the window (what was allocated
                 // in it), the in-use figures as of its end.
                 let earlier = crate::snapshot::snapshot();
