@@ -26,6 +26,10 @@ pub fn write_flamegraph<W: Write>(
     write_flamegraph_min_width(profile, sample_type, title, 0.1, writer)
 }
 
+/// Stacks a profile may have for its flamegraph to be folded without first merging them into
+/// what can be drawn: about as many lines as inferno draws at its default width.
+const FOLDED_AS_THEY_ARE: usize = 1000;
+
 /// [`write_flamegraph`], leaving out frames narrower than `min_width` percent of the total
 /// (inferno's `min_width`; [`write_flamegraph`] uses inferno's default, 0.1). Dumps use 1.0:
 /// narrower frames are hard to see, and drawing thousands of them is most of the
@@ -38,20 +42,25 @@ pub fn write_flamegraph_min_width<W: Write>(
     mut writer: W,
 ) -> io::Result<()> {
     // Only what can be drawn is folded: inferno keeps every folded line in memory, and a
-    // profile of many deep stacks would otherwise cost its stacks × depth in text.
-    let stacks = profile
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(stack, sample)| WeightedStack {
-            stack,
-            root: None,
-            value: sample.value(sample_type),
-        });
-    let visible =
-        visible_part(profile, stacks, &[], sample_type, min_width, |_| true).unwrap_or_default();
-    let lines = folded_lines(&visible, sample_type);
-    drop(visible);
+    // profile of many deep stacks would otherwise cost its stacks × depth in text. A profile of
+    // few stacks is folded as it is: its lines are already few, and the tree would cost a
+    // node per frame of its (possibly very deep) stacks.
+    let lines = if profile.samples.len() <= FOLDED_AS_THEY_ARE {
+        folded_lines(profile, sample_type)
+    } else {
+        let stacks = profile
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(stack, sample)| WeightedStack {
+                stack,
+                root: None,
+                value: sample.value(sample_type),
+            });
+        let visible = visible_part(profile, stacks, &[], sample_type, min_width, |_| true)
+            .unwrap_or_default();
+        folded_lines(&visible, sample_type)
+    };
     if lines.is_empty() {
         return write_empty(title, sample_type, writer);
     }
