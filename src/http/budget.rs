@@ -67,6 +67,15 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Gives back all but `bytes` of the reservation (what a rendered body still holds).
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        let given_back = self.bytes.saturating_sub(bytes);
+        RESERVED_BYTES.fetch_sub(given_back, Ordering::AcqRel);
+        self.bytes -= given_back;
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         RESERVED_BYTES.fetch_sub(self.bytes, Ordering::AcqRel);

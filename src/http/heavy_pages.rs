@@ -8,7 +8,7 @@
 //! the span flamegraph draws only what can be seen.
 
 use super::budget::{BoundedBody, Reservation};
-use super::response::Response;
+use super::response::{HeldBudget, Response};
 use crate::encode::{SplitSample, WeightedStack};
 use crate::profile::{Profile, SampleType};
 use crate::snapshot::PageSnapshot;
@@ -77,6 +77,26 @@ fn render(
     }
 }
 
+/// The rendered body answered by `answer`, holding its share of the budget until it is sent;
+/// or the refusal.
+fn finish(
+    rendered: Result<Vec<u8>, Response>,
+    reservation: Reservation,
+    answer: impl FnOnce(Vec<u8>) -> Response,
+) -> Response {
+    match rendered {
+        Ok(body) => hold(answer(body), reservation),
+        Err(refused) => refused,
+    }
+}
+
+/// `response`, keeping of `reservation` what its body takes until the body is sent.
+fn hold(mut response: Response, mut reservation: Reservation) -> Response {
+    reservation.shrink_to(response.body.capacity());
+    response.held = HeldBudget::new(reservation);
+    response
+}
+
 /// `/debug/pprof/heap?debug=1`: Go's legacy text of the merged profile (the format has no
 /// labels, so stacks that differ only by span are one line, as they would be in Go's).
 pub(crate) fn legacy_text() -> Response {
@@ -100,13 +120,13 @@ pub(crate) fn legacy_text() -> Response {
             mapping.path = format!("[{name}]");
         }
     }
-    let profile = &page.profile;
-    match render(&mut reservation, LEGACY_TEXT_MAX_BYTES, |body| {
-        crate::encode::write_legacy_heap(profile, body)
-    }) {
-        Ok(body) => Response::new(200, "text/plain; charset=utf-8", body),
-        Err(refused) => refused,
-    }
+    let rendered = render(&mut reservation, LEGACY_TEXT_MAX_BYTES, |body| {
+        crate::encode::write_legacy_heap(&page.profile, body)
+    });
+    drop(page);
+    finish(rendered, reservation, |body| {
+        Response::new(200, "text/plain; charset=utf-8", body)
+    })
 }
 
 /// `/debug/pprof/heap` and `/debug/pprof/allocs`: gzipped pprof, one sample per stack and span
@@ -128,16 +148,15 @@ pub(crate) fn pprof(default: SampleType, name: &str) -> Response {
             split.totals.inuse_bytes.round() as i64,
         ],
     });
-    match render(&mut reservation, PPROF_MAX_BYTES, |body| {
+    let rendered = render(&mut reservation, PPROF_MAX_BYTES, |body| {
         crate::encode::write_pprof_split(profile, samples, crate::spans::tags::labels, body)
-    }) {
-        Ok(body) => {
-            let mut response = Response::new(200, "application/octet-stream", body);
-            response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
-            response
-        }
-        Err(refused) => refused,
-    }
+    });
+    drop(page);
+    finish(rendered, reservation, |body| {
+        let mut response = Response::new(200, "application/octet-stream", body);
+        response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
+        response
+    })
 }
 
 /// `/debug/heap/flamegraph.svg`, by call path or (`by_span`) rooted at each span.
@@ -211,12 +230,13 @@ pub(crate) fn flamegraph(by_span: bool) -> Response {
     if !reservation.grow(folded_bytes(&visible).saturating_mul(INFERNO_BYTES_PER_FOLDED_BYTE)) {
         return Response::over_budget();
     }
-    match render(&mut reservation, FLAMEGRAPH_MAX_BYTES, |body| {
+    let rendered = render(&mut reservation, FLAMEGRAPH_MAX_BYTES, |body| {
         draw_flamegraph(&visible, body)
-    }) {
-        Ok(body) => Response::new(200, "image/svg+xml", body),
-        Err(refused) => refused,
-    }
+    });
+    drop(visible);
+    finish(rendered, reservation, |body| {
+        Response::new(200, "image/svg+xml", body)
+    })
 }
 
 /// The length of `profile`'s folded lines, from its names, without writing them.
@@ -269,12 +289,13 @@ pub(crate) fn diff_flamegraph() -> Response {
     if !reservation.grow(lines_bytes.saturating_mul(2 * INFERNO_BYTES_PER_FOLDED_BYTE)) {
         return Response::over_budget();
     }
-    match render(&mut reservation, FLAMEGRAPH_MAX_BYTES, |body| {
+    let rendered = render(&mut reservation, FLAMEGRAPH_MAX_BYTES, |body| {
         crate::detect::write_diff(&baseline, &page.profile, body)
-    }) {
-        Ok(body) => Response::new(200, "image/svg+xml", body),
-        Err(refused) => refused,
-    }
+    });
+    drop((page, baseline));
+    finish(rendered, reservation, |body| {
+        Response::new(200, "image/svg+xml", body)
+    })
 }
 
 /// How many of the heaviest live sites the report lists.
@@ -314,12 +335,13 @@ pub(crate) fn report() -> Response {
         "dumps_written": crate::published::dumps_written().iter().map(|(k, v)| (k.name(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         "dump_errors": crate::published::dump_errors(),
     });
-    match render(&mut reservation, REPORT_MAX_BYTES, |body| {
+    let rendered = render(&mut reservation, REPORT_MAX_BYTES, |body| {
         serde_json::to_writer_pretty(body, &value).map_err(io::Error::other)
-    }) {
-        Ok(body) => Response::new(200, "application/json", body),
-        Err(refused) => refused,
-    }
+    });
+    drop(value);
+    finish(rendered, reservation, |body| {
+        Response::new(200, "application/json", body)
+    })
 }
 
 /// One sample per span tag, its figures summed over the stacks: what the span table reads.
@@ -372,7 +394,7 @@ pub(crate) const LIGHT_PAGE_BYTES: usize = 256 << 10;
 /// Runs a light page under a reservation of [`LIGHT_PAGE_BYTES`]; 503 if it cannot be had.
 pub(crate) fn light(page: impl FnOnce() -> Response) -> Response {
     match Reservation::take(LIGHT_PAGE_BYTES) {
-        Some(_reservation) => page(),
+        Some(reservation) => hold(page(), reservation),
         None => Response::over_budget(),
     }
 }
@@ -383,7 +405,7 @@ pub(crate) fn download(size_bytes: u64, page: impl FnOnce() -> Response) -> Resp
         .unwrap_or(usize::MAX)
         .saturating_add(64 << 10);
     match Reservation::take(bytes) {
-        Some(_reservation) => page(),
+        Some(reservation) => hold(page(), reservation),
         None => Response::over_budget(),
     }
 }

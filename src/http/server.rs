@@ -365,6 +365,7 @@ fn plain(status: u16) -> Response {
         body: format!("{}\n", reason_phrase(status)).into_bytes(),
         // Only 503 comes here with a reason to retry: every worker was busy.
         retry_after: (status == 503).then_some(super::budget::RETRY_AFTER_SECONDS),
+        held: Default::default(),
     }
 }
 
@@ -397,6 +398,9 @@ enum State {
         head: Vec<u8>,
         body: Vec<u8>,
         sent: usize,
+        /// The body's share of the response budget, given back once it is written or the
+        /// connection is dropped.
+        _held: super::response::HeldBudget,
     },
     /// Finished: removed at the end of the round.
     Closed,
@@ -487,6 +491,7 @@ impl Conn {
             head,
             body,
             sent: 0,
+            _held: response.held,
         };
         self.deadline = Some(deadline_after(poller.now, poller.limits.write_timeout));
         // Most answers fit the socket's buffer and go at once.
@@ -494,7 +499,10 @@ impl Conn {
     }
 
     fn send(&mut self) {
-        let State::Writing { head, body, sent } = &mut self.state else {
+        let State::Writing {
+            head, body, sent, ..
+        } = &mut self.state
+        else {
             return;
         };
         loop {
