@@ -61,8 +61,11 @@ fn snapshot_of(scope: table::Scope) -> Profile {
 pub(crate) struct PageSnapshot {
     /// The merged profile: sample `i` is merged stack `i`.
     pub profile: Profile,
-    /// Every stack of the table: its sample in `profile`, its span, its figures.
+    /// Every stack of the table: its sample in `profile`, its span, its figures. Entry `i` is
+    /// the table's stack `i` (stacks are only ever added), then the overflow stack if used.
     pub by_span: PVec<SpanStack, ProfilerAlloc>,
+    /// Whether the last entry of `by_span` is the overflow stack.
+    pub overflowed: bool,
 }
 
 /// Takes a [`PageSnapshot`]. `admit` is told the distinct stacks and return addresses the copy
@@ -74,6 +77,7 @@ pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
     let merged = table::merged_snapshot(admit)?;
+    let overflowed = merged.raw.overflowed;
     let mut profile = Profile {
         time_nanos,
         sample_rate_bytes: crate::sampler::sample_rate(),
@@ -83,6 +87,7 @@ pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<
     Some(PageSnapshot {
         profile,
         by_span: merged.by_span,
+        overflowed,
     })
 }
 

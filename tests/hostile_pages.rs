@@ -199,6 +199,16 @@ fn the_pages_still_say_everything(addr: &str) {
         tenants, TENANTS,
         "tenant labels in the protobuf page:\n{tags}"
     );
+    // A delta (`?seconds=1`): what was allocated in the window, in use as of its end.
+    let (delta_inuse, _) = pprof_total(
+        &format!("http://{addr}/debug/pprof/heap?seconds=1"),
+        &scratch,
+    );
+    println!("  go tool pprof: ?seconds=1 {delta_inuse} B live");
+    assert!(
+        (delta_inuse - proto).abs() <= proto * 0.02,
+        "?seconds=1 reads {delta_inuse} B in use, the heap page {proto} B"
+    );
     // The flamegraphs draw the whole heap: their totals are pprof's (each leaves out only
     // frames narrower than 0.1 % of it, which inferno would not draw either).
     for page in [

@@ -43,7 +43,7 @@ const PAGE_MIN_WIDTH_PERCENT: f64 = 0.1;
 const INFERNO_BYTES_PER_FOLDED_BYTE: usize = 4;
 
 /// A page snapshot and its reservation, or the 503 to answer.
-fn admitted_snapshot() -> Result<(PageSnapshot, Reservation), Response> {
+pub(crate) fn admitted_snapshot() -> Result<(PageSnapshot, Reservation), Response> {
     let (stacks, _) = crate::table::raw_size();
     let mut reservation = Reservation::take(
         stacks
@@ -137,7 +137,9 @@ pub(crate) fn pprof(default: SampleType, name: &str) -> Response {
         Err(refused) => return refused,
     };
     page.profile.default_sample_type = Some(default);
-    let PageSnapshot { profile, by_span } = &page;
+    let PageSnapshot {
+        profile, by_span, ..
+    } = &page;
     let samples = by_span.iter().map(|split| SplitSample {
         stack: split.stack as usize,
         span: split.span,
@@ -370,21 +372,56 @@ fn span_totals(page: &PageSnapshot) -> Profile {
     totals
 }
 
-/// Bytes a whole [`crate::snapshot::snapshot`] (one sample per stack and span, as a delta
-/// profile needs) costs per return address of the table: 8 in its copy, 8 in its samples.
-const WHOLE_BYTES_PER_FRAME: usize = 16;
-/// ... and per stack of the table: a sample with its labels.
-const WHOLE_BYTES_PER_STACK: usize = 256;
-
-/// A reservation for `count` whole snapshots of the table as it is now (or their like: a
-/// difference of two, its pprof message), or `None` past the budget. The heap delta page
-/// (`?seconds=N`) compares whole snapshots: the stacks of the two ends are matched by span.
-pub(crate) fn whole_snapshots(count: usize) -> Option<Reservation> {
-    let (stacks, frames) = crate::table::raw_size();
-    let one = frames
-        .saturating_mul(WHOLE_BYTES_PER_FRAME)
-        .saturating_add(stacks.saturating_mul(WHOLE_BYTES_PER_STACK));
-    Reservation::take(one.saturating_mul(count).saturating_add(RENDER_BYTES))
+/// `/debug/pprof/heap?seconds=N`: what was allocated since `earlier` (taken N seconds ago),
+/// the in-use figures as of now, as gzipped pprof streamed like [`pprof`]'s. The table's
+/// stacks are only ever added, so entry `i` of both copies is the same stack under the same
+/// span; the overflow stack, last in each, is matched with the other's.
+pub(crate) fn heap_delta(earlier: (PageSnapshot, Reservation), name: &str) -> Response {
+    let (earlier, _earlier_reservation) = earlier;
+    let (mut later, mut reservation) = match admitted_snapshot() {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    later.profile.default_sample_type = Some(SampleType::AllocSpace);
+    let plain = |page: &PageSnapshot| page.by_span.len() - usize::from(page.overflowed);
+    let (earlier_plain, later_plain) = (plain(&earlier), plain(&later));
+    let before = |index: usize| {
+        let matched = if index < later_plain {
+            (index < earlier_plain).then(|| &earlier.by_span[index])
+        } else {
+            earlier.overflowed.then(|| &earlier.by_span[earlier_plain])
+        };
+        matched.map_or((0.0, 0.0), |split| {
+            (split.totals.alloc_objects, split.totals.alloc_bytes)
+        })
+    };
+    let samples = later
+        .by_span
+        .iter()
+        .enumerate()
+        .map(|(index, split)| {
+            let (objects, bytes) = before(index);
+            SplitSample {
+                stack: split.stack as usize,
+                span: split.span,
+                values: [
+                    (split.totals.alloc_objects - objects).round().max(0.0) as i64,
+                    (split.totals.alloc_bytes - bytes).round().max(0.0) as i64,
+                    split.totals.inuse_objects.round() as i64,
+                    split.totals.inuse_bytes.round() as i64,
+                ],
+            }
+        })
+        .filter(|sample| sample.values.iter().any(|&v| v != 0));
+    let rendered = render(&mut reservation, PPROF_MAX_BYTES, |body| {
+        crate::encode::write_pprof_split(&later.profile, samples, crate::spans::tags::labels, body)
+    });
+    drop((earlier, later));
+    finish(rendered, reservation, |body| {
+        let mut response = Response::new(200, "application/octet-stream", body);
+        response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
+        response
+    })
 }
 
 /// What a light page reserves (`/metrics`, the index, the dump listing, a refusal): their

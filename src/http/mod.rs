@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `/` | an index page linking the others | 256 KiB |
 //! | `/metrics` | Prometheus text (rendered by metrics-exporter-prometheus) | 256 KiB |
-//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them; `?seconds=N`: what was allocated over the next N s (Go's delta profile); `?debug=1`: Go's legacy text format | the table's copy (by distinct call path) and names, + a body of 16 MiB; `?seconds=N`: four whole snapshots |
+//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them; `?seconds=N`: what was allocated over the next N s (Go's delta profile); `?debug=1`: Go's legacy text format | the table's copy (by distinct call path) and names, + a body of 16 MiB; `?seconds=N`: two such copies |
 //! | `/debug/pprof/profile?seconds=N` | a CPU profile of N s (default 30), gzipped pprof (feature `cpu`; 501 without it) | one at a time (409) |
 //! | `/debug/heap/flamegraph.svg` | the live heap; `?by=span`: rooted at each tracing span | the copy, one root's call tree, what is drawn; a body of 8 MiB |
 //! | `/debug/heap/diff.svg` | now against the baseline taken after warm-up | the copy and both sides' folded lines; 8 MiB |

@@ -70,17 +70,15 @@ impl Wait {
                 Err(error) => Response::text(500, error.to_string()),
             },
             WaitKind::HeapDelta { _slot, name } => {
-                // Two whole snapshots, their difference and its message: reserved for the
-                // whole wait (one delta runs at a time), from the table's size as it starts.
-                let Some(_reservation) = super::heavy_pages::whole_snapshots(4) else {
-                    return Response::over_budget();
-                };
                 // Go's delta profile: the alloc_* figures of the window (what was allocated
-                // in it), the in-use figures as of its end.
-                let earlier = crate::snapshot::snapshot();
+                // in it), the in-use figures as of its end. The earlier end is held (within
+                // the budget) for the wait: a copy merged by call path, a few MiB.
+                let earlier = match super::heavy_pages::admitted_snapshot() {
+                    Ok(earlier) => earlier,
+                    Err(refused) => return refused,
+                };
                 std::thread::sleep(window);
-                let delta = crate::snapshot::snapshot().allocated_since(&earlier);
-                pprof(&delta, name)
+                super::heavy_pages::heap_delta(earlier, name)
             }
         }
     }
@@ -180,14 +178,6 @@ fn cpu_profile(_seconds: u64) -> Answer {
         501,
         "CPU profiles are off: heapwatch was built without its feature `cpu`",
     ))
-}
-
-fn pprof(profile: &crate::profile::Profile, name: &str) -> Response {
-    let mut body = Vec::new();
-    match crate::encode::write_pprof(profile, &mut body) {
-        Ok(()) => download(body, name),
-        Err(_) => Response::error(500),
-    }
 }
 
 /// A gzipped pprof answer, named `<name>.pb.gz` when saved.
