@@ -3,12 +3,10 @@
 //! The table lock is held only for the copy (into profiler memory). Naming and building run
 //! unlocked, inside the profiler guard, so none of the snapshot's own allocations are sampled.
 
-use crate::internal_alloc::ProfilerAlloc;
 use crate::profile::{Line, Location, Mapping, Profile, Sample};
 use crate::symbolize;
-use crate::table::{self, RawSnapshot, RawStack, RawStackTotals, SpanStack};
+use crate::table::{self, RawSnapshot, RawStack, RawStackTotals};
 use crate::thread_state::ProfilerGuard;
-use allocator_api2::vec::Vec as PVec;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,18 +56,20 @@ fn snapshot_of(scope: table::Scope) -> Profile {
 /// A heap profile for the HTTP pages: one sample per distinct call path (no labels, figures
 /// summed over spans), with the split by span kept aside. Its size follows the distinct call
 /// paths, not the live samples; the pages that need spans read [`PageSnapshot::by_span`].
+#[cfg(feature = "http")]
 pub(crate) struct PageSnapshot {
     /// The merged profile: sample `i` is merged stack `i`.
     pub profile: Profile,
     /// Every stack of the table: its sample in `profile`, its span, its figures. Entry `i` is
     /// the table's stack `i` (stacks are only ever added), then the overflow stack if used.
-    pub by_span: PVec<SpanStack, ProfilerAlloc>,
+    pub by_span: allocator_api2::vec::Vec<table::SpanStack, crate::internal_alloc::ProfilerAlloc>,
     /// Whether the last entry of `by_span` is the overflow stack.
     pub overflowed: bool,
 }
 
 /// Takes a [`PageSnapshot`]. `admit` is told the distinct stacks and return addresses the copy
 /// keeps before they are copied and named, and may refuse (`None`).
+#[cfg(feature = "http")]
 pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<PageSnapshot> {
     symbolize::warn_once_without_dwarf();
     let _guard = ProfilerGuard::enter();
@@ -96,6 +96,7 @@ pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SkipEmpty {
     Yes,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     No,
 }
 

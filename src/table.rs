@@ -462,6 +462,7 @@ impl Table {
 
 /// One stack of the table in a [`MergedSnapshot`]: which merged stack it is, under which span,
 /// with which figures.
+#[cfg(feature = "http")]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct SpanStack {
     /// Its index in [`MergedSnapshot::raw`]'s stacks.
@@ -474,6 +475,7 @@ pub(crate) struct SpanStack {
 /// A copy of the table for the HTTP pages: the stacks that differ only by span share one
 /// list of return addresses, so a heap of many spans × a few call paths copies the call paths
 /// once (1,024 spans over 70 stacks is 70 lists, not 71,680).
+#[cfg(feature = "http")]
 pub(crate) struct MergedSnapshot {
     /// One stack per distinct list of return addresses, span 0, figures summed over spans;
     /// the overflow stack, if used, last.
@@ -485,10 +487,12 @@ pub(crate) struct MergedSnapshot {
 /// Copies the table merged by return addresses (process scope). `admit` is told, before they
 /// are allocated, how many distinct stacks and return addresses the copy keeps beyond one
 /// [`SpanStack`] per stack, and may refuse (`None` then, as when profiler memory runs out).
+#[cfg(feature = "http")]
 pub(crate) fn merged_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<MergedSnapshot> {
     lock().merged(admit)
 }
 
+#[cfg(feature = "http")]
 impl Table {
     fn frames_of(&self, entry: &StackEntry) -> &[usize] {
         &self.frames[entry.frames_start as usize..][..entry.frames_len as usize]

@@ -67,6 +67,7 @@ fn header(profile: &Profile, strings: &mut StringTable) -> proto::Profile {
     out
 }
 
+#[cfg(feature = "http")]
 /// One sample of [`write_pprof_split`]: which sample of the profile holds its stack, the span
 /// tag whose labels it carries, and its four values.
 pub(crate) struct SplitSample {
@@ -75,6 +76,7 @@ pub(crate) struct SplitSample {
     pub values: [i64; 4],
 }
 
+#[cfg(feature = "http")]
 /// Writes `profile`'s code with `samples` in place of its own samples, each taking its stack
 /// from the profile's sample `stack` and its labels from `labels_of(span)`, straight into the
 /// gzip stream: one sample's message in memory at a time, so the memory spent follows the

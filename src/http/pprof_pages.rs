@@ -181,6 +181,7 @@ fn cpu_profile(_seconds: u64) -> Answer {
 }
 
 /// A gzipped pprof answer, named `<name>.pb.gz` when saved.
+#[cfg(feature = "cpu")]
 fn download(body: Vec<u8>, name: &str) -> Response {
     let mut response = Response::new(200, "application/octet-stream", body);
     response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));
