@@ -783,6 +783,49 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_merged_copy_shares_frames_between_spans_and_keeps_the_split() {
+        let mut table = Table::new();
+        let (a, b) = (frames(10, 0), frames(10, 1));
+        let under = |span| NewSample {
+            size: 1000,
+            rate_bytes: RATE,
+            promoted: false,
+            span,
+        };
+        let w = crate::sampler::unbias_factor(1000, RATE);
+        table.record_weighted(address(10, 0), under(3), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 1), under(5), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 2), under(5), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 3), under(5), w, &b, ThreadTag::NONE);
+        assert_eq!(table.stacks.len(), 3);
+        let mut told = None;
+        let merged = table
+            .merged(|stacks, frames| {
+                told = Some((stacks, frames));
+                true
+            })
+            .expect("admitted");
+        assert_eq!(told, Some((2, a.len() + b.len())), "two distinct lists");
+        assert_eq!(merged.raw.stacks.len(), 2);
+        assert_eq!(merged.raw.frames.len(), a.len() + b.len());
+        assert_eq!(merged.by_span.len(), 3, "one entry per stack of the table");
+        // Entry `i` is the table's stack `i`: (a, 3), (a, 5), (b, 5).
+        let split: Vec<(u32, u32)> = merged.by_span.iter().map(|s| (s.stack, s.span)).collect();
+        assert_eq!(split, [(0, 3), (0, 5), (1, 5)]);
+        let inuse = |i: usize| merged.by_span[i].totals.inuse_bytes;
+        assert!(close(inuse(0), w * 1000.0) && close(inuse(1), 2.0 * w * 1000.0));
+        assert!(close(
+            merged.raw.stacks[0].totals.inuse_bytes,
+            inuse(0) + inuse(1)
+        ));
+        assert!(table.merged(|_, _| false).is_none(), "a refused copy");
+        for i in 0..4 {
+            table.remove_live(address(10, i));
+        }
+    }
+
     #[test]
     fn a_full_stack_table_counts_new_stacks_on_the_overflow_stack() {
         let mut table = Table::new();
