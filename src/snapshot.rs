@@ -49,8 +49,55 @@ fn snapshot_of(scope: table::Scope) -> Profile {
     let Some(raw) = table::raw_snapshot(scope) else {
         return profile;
     };
-    name_stacks(&mut profile, raw);
+    name_stacks(&mut profile, raw, SkipEmpty::Yes);
     profile
+}
+
+/// A heap profile for the HTTP pages: one sample per distinct call path (no labels, figures
+/// summed over spans), with the split by span kept aside. Its size follows the distinct call
+/// paths, not the live samples; the pages that need spans read [`PageSnapshot::by_span`].
+#[cfg(feature = "http")]
+pub(crate) struct PageSnapshot {
+    /// The merged profile: sample `i` is merged stack `i`.
+    pub profile: Profile,
+    /// Every stack of the table: its sample in `profile`, its span, its figures. Entry `i` is
+    /// the table's stack `i` (stacks are only ever added), then the overflow stack if used.
+    pub by_span: allocator_api2::vec::Vec<table::SpanStack, crate::internal_alloc::ProfilerAlloc>,
+    /// Whether the last entry of `by_span` is the overflow stack.
+    pub overflowed: bool,
+}
+
+/// Takes a [`PageSnapshot`]. `admit` is told the distinct stacks and return addresses the copy
+/// keeps before they are copied and named, and may refuse (`None`).
+#[cfg(feature = "http")]
+pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<PageSnapshot> {
+    symbolize::warn_once_without_dwarf();
+    let _guard = ProfilerGuard::enter();
+    let time_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let merged = table::merged_snapshot(admit)?;
+    let overflowed = merged.raw.overflowed;
+    let mut profile = Profile {
+        time_nanos,
+        sample_rate_bytes: crate::sampler::sample_rate(),
+        ..Profile::default()
+    };
+    name_stacks(&mut profile, merged.raw, SkipEmpty::No);
+    Some(PageSnapshot {
+        profile,
+        by_span: merged.by_span,
+        overflowed,
+    })
+}
+
+/// Whether stacks with no figure are left out of a profile (a thread's snapshot), or kept so
+/// that sample `i` stays stack `i` (a page snapshot).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SkipEmpty {
+    Yes,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    No,
 }
 
 /// A profile of stacks recorded outside the table (a budget check's call sites), named as a
@@ -58,7 +105,7 @@ fn snapshot_of(scope: table::Scope) -> Profile {
 pub(crate) fn profile_of_stacks(raw: RawSnapshot) -> Profile {
     let _guard = ProfilerGuard::enter();
     let mut profile = Profile::default();
-    name_stacks(&mut profile, raw);
+    name_stacks(&mut profile, raw, SkipEmpty::Yes);
     profile
 }
 
@@ -119,7 +166,7 @@ pub(crate) fn name_code(return_addresses: &[usize]) -> NamedCode {
 }
 
 /// Names the addresses of `raw` and adds its stacks to `profile` as samples.
-fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
+fn name_stacks(profile: &mut Profile, raw: RawSnapshot, skip_empty: SkipEmpty) {
     let mut code = name_code(&raw.frames);
     // A profile built here starts without code of its own.
     profile.mappings = std::mem::take(&mut code.mappings);
@@ -134,7 +181,7 @@ fn name_stacks(profile: &mut Profile, raw: RawSnapshot) {
         totals,
     } in raw.stacks.iter()
     {
-        if totals == RawStackTotals::default() {
+        if skip_empty == SkipEmpty::Yes && totals == RawStackTotals::default() {
             // Only in a thread's snapshot: a stack with nothing of that thread's live.
             continue;
         }

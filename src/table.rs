@@ -460,6 +460,147 @@ impl Table {
     }
 }
 
+/// One stack of the table in a [`MergedSnapshot`]: which merged stack it is, under which span,
+/// with which figures.
+#[cfg(feature = "http")]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SpanStack {
+    /// Its index in [`MergedSnapshot::raw`]'s stacks.
+    pub stack: u32,
+    /// The span tag (`spans`; 0: none).
+    pub span: u32,
+    pub totals: RawStackTotals,
+}
+
+/// A copy of the table for the HTTP pages: the stacks that differ only by span share one
+/// list of return addresses, so a heap of many spans × a few call paths copies the call paths
+/// once (1,024 spans over 70 stacks is 70 lists, not 71,680).
+#[cfg(feature = "http")]
+pub(crate) struct MergedSnapshot {
+    /// One stack per distinct list of return addresses, span 0, figures summed over spans;
+    /// the overflow stack, if used, last.
+    pub raw: RawSnapshot,
+    /// Every stack of the table (the overflow stack last, if used), split by span.
+    pub by_span: PVec<SpanStack, ProfilerAlloc>,
+}
+
+/// Copies the table merged by return addresses (process scope). `admit` is told, before they
+/// are allocated, how many distinct stacks and return addresses the copy keeps beyond one
+/// [`SpanStack`] per stack, and may refuse (`None` then, as when profiler memory runs out).
+#[cfg(feature = "http")]
+pub(crate) fn merged_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<MergedSnapshot> {
+    lock().merged(admit)
+}
+
+#[cfg(feature = "http")]
+impl Table {
+    fn frames_of(&self, entry: &StackEntry) -> &[usize] {
+        &self.frames[entry.frames_start as usize..][..entry.frames_len as usize]
+    }
+
+    fn merged(&self, admit: impl FnOnce(usize, usize) -> bool) -> Option<MergedSnapshot> {
+        let count = self.stacks.len();
+        // The first stack holding each distinct list, and each stack's distinct index.
+        let mut firsts: PVec<u32, ProfilerAlloc> = PVec::new_in(ProfilerAlloc);
+        let mut merged_of: PVec<u32, ProfilerAlloc> = PVec::new_in(ProfilerAlloc);
+        let mut index: HashTable<u32, ProfilerAlloc> = HashTable::new_in(ProfilerAlloc);
+        merged_of.try_reserve_exact(count).ok()?;
+        // Reserved whole up front, so no insertion below ever rehashes.
+        index.try_reserve(count, |_| 0).ok()?;
+        let mut distinct_frames = 0usize;
+        for entry in self.stacks.iter() {
+            let frames = self.frames_of(entry);
+            let hash = HASHER.hash_one(frames);
+            let same =
+                |&d: &u32| self.frames_of(&self.stacks[firsts[d as usize] as usize]) == frames;
+            let merged = match index.find(hash, same).copied() {
+                Some(d) => d,
+                None => {
+                    let d = firsts.len() as u32;
+                    firsts.try_reserve(1).ok()?;
+                    firsts.push(merged_of.len() as u32);
+                    index.insert_unique(hash, d, |_| hash);
+                    distinct_frames += frames.len();
+                    d
+                }
+            };
+            merged_of.push(merged);
+        }
+        drop(index);
+        let overflowed = self.overflow_alloc_objects > 0.0;
+        let distinct = firsts.len() + usize::from(overflowed);
+        if !admit(distinct, distinct_frames) {
+            return None;
+        }
+        let mut raw = RawSnapshot::empty();
+        let mut by_span: PVec<SpanStack, ProfilerAlloc> = PVec::new_in(ProfilerAlloc);
+        raw.frames.try_reserve_exact(distinct_frames).ok()?;
+        raw.stacks.try_reserve_exact(distinct).ok()?;
+        by_span.try_reserve_exact(count + 1).ok()?;
+        for &first in firsts.iter() {
+            let entry = &self.stacks[first as usize];
+            let start = raw.frames.len() as u32;
+            raw.frames.extend_from_slice(self.frames_of(entry));
+            raw.stacks.push(RawStack {
+                start,
+                len: entry.frames_len,
+                span: 0,
+                totals: RawStackTotals::default(),
+            });
+        }
+        for (entry, &merged) in self.stacks.iter().zip(merged_of.iter()) {
+            by_span.push(SpanStack {
+                stack: merged,
+                span: entry.span,
+                totals: RawStackTotals {
+                    alloc_objects: entry.alloc_objects,
+                    alloc_bytes: entry.alloc_bytes,
+                    ..RawStackTotals::default()
+                },
+            });
+        }
+        if overflowed {
+            raw.stacks.push(RawStack {
+                start: 0,
+                len: 0,
+                span: 0,
+                totals: RawStackTotals::default(),
+            });
+            by_span.push(SpanStack {
+                stack: distinct as u32 - 1,
+                span: 0,
+                totals: RawStackTotals {
+                    alloc_objects: self.overflow_alloc_objects,
+                    alloc_bytes: self.overflow_alloc_bytes,
+                    ..RawStackTotals::default()
+                },
+            });
+        }
+        for sample in self.live.values() {
+            let index = if sample.stack == OVERFLOW_STACK {
+                count
+            } else {
+                sample.stack as usize
+            };
+            if let Some(SpanStack { totals, .. }) = by_span.get_mut(index) {
+                let weight = crate::sampler::unbias_factor(sample.size, sample.rate_bytes);
+                totals.inuse_objects += weight;
+                totals.inuse_bytes += weight * sample.size as f64;
+            }
+        }
+        for split in by_span.iter() {
+            if let Some(stack) = raw.stacks.get_mut(split.stack as usize) {
+                stack.totals.alloc_objects += split.totals.alloc_objects;
+                stack.totals.alloc_bytes += split.totals.alloc_bytes;
+                stack.totals.inuse_objects += split.totals.inuse_objects;
+                stack.totals.inuse_bytes += split.totals.inuse_bytes;
+            }
+        }
+        raw.overflowed = overflowed;
+        Some(MergedSnapshot { raw, by_span })
+    }
+}
+
 /// Estimated live bytes per span tag (`spans`), unordered; tag 0 (no span) included. Read under
 /// the lock into profiler memory, then copied out: no symbolization, so `/metrics` can afford it
 /// at every scrape. Empty if profiler memory ran out.
@@ -639,6 +780,49 @@ mod tests {
         }
         for i in 0..4 {
             table.remove_live(address(9, i));
+        }
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_merged_copy_shares_frames_between_spans_and_keeps_the_split() {
+        let mut table = Table::new();
+        let (a, b) = (frames(10, 0), frames(10, 1));
+        let under = |span| NewSample {
+            size: 1000,
+            rate_bytes: RATE,
+            promoted: false,
+            span,
+        };
+        let w = crate::sampler::unbias_factor(1000, RATE);
+        table.record_weighted(address(10, 0), under(3), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 1), under(5), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 2), under(5), w, &a, ThreadTag::NONE);
+        table.record_weighted(address(10, 3), under(5), w, &b, ThreadTag::NONE);
+        assert_eq!(table.stacks.len(), 3);
+        let mut told = None;
+        let merged = table
+            .merged(|stacks, frames| {
+                told = Some((stacks, frames));
+                true
+            })
+            .expect("admitted");
+        assert_eq!(told, Some((2, a.len() + b.len())), "two distinct lists");
+        assert_eq!(merged.raw.stacks.len(), 2);
+        assert_eq!(merged.raw.frames.len(), a.len() + b.len());
+        assert_eq!(merged.by_span.len(), 3, "one entry per stack of the table");
+        // Entry `i` is the table's stack `i`: (a, 3), (a, 5), (b, 5).
+        let split: Vec<(u32, u32)> = merged.by_span.iter().map(|s| (s.stack, s.span)).collect();
+        assert_eq!(split, [(0, 3), (0, 5), (1, 5)]);
+        let inuse = |i: usize| merged.by_span[i].totals.inuse_bytes;
+        assert!(close(inuse(0), w * 1000.0) && close(inuse(1), 2.0 * w * 1000.0));
+        assert!(close(
+            merged.raw.stacks[0].totals.inuse_bytes,
+            inuse(0) + inuse(1)
+        ));
+        assert!(table.merged(|_, _| false).is_none(), "a refused copy");
+        for i in 0..4 {
+            table.remove_live(address(10, i));
         }
     }
 

@@ -4,8 +4,8 @@
 //! a hundred thousand lines or mappings, a million sample types with a long name, stacks that
 //! expand to gigabytes of names, a hundred thousand unnamed locations in an object with a long
 //! name, two hundred thousand locations for `symbolize` to name, and a file that never ends
-//! (`/dev/zero`); and profiles just within the limit, shaped for the most flamegraph frames or
-//! the most folded text.
+//! (`/dev/zero`); and profiles just within the limit, shaped for the most flamegraph frames, the
+//! most folded text, or many spans over deep stacks drawn by span (`flamegraph --by-span`).
 //!
 //! For each, the `heapwatch` command must end with a clean error — exit 1, one line naming the
 //! limit and how to raise it — or, within the limit, succeed; either within its time bound and
@@ -276,6 +276,56 @@ fn many_frames(stacks: u64, frames: usize, name_len: usize) -> Vec<u8> {
     raw
 }
 
+/// `samples` samples, sample `i` a stack of the first `1 + i % depth` of `depth` functions each
+/// named by `name_len` bytes, under span `request` with `tenant` one of `tenants`: what
+/// `flamegraph --by-span` would fold into samples × depth lines of long names.
+fn many_spans(samples: u64, depth: u64, name_len: usize, tenants: u64) -> Vec<u8> {
+    let names: Vec<Vec<u8>> = (0..depth)
+        .map(|d| {
+            let mut name = format!("f{d}_").into_bytes();
+            name.resize(name_len, b'n');
+            name
+        })
+        .collect();
+    let tenant_names: Vec<Vec<u8>> = (0..tenants).map(|t| format!("t{t}").into_bytes()).collect();
+    let mut extra: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+    extra.extend([&b"span"[..], b"request", b"tenant"]);
+    extra.extend(tenant_names.iter().map(Vec::as_slice));
+    let (span_key, tenant_key, first_tenant) = (3 + depth, 5 + depth, 6 + depth);
+    let mut raw = heap_profile_start(&extra);
+    for id in 1..=depth {
+        raw.extend(function(id, id + 2));
+        raw.extend(bytes_field(
+            4,
+            &[varint_field(1, id), bytes_field(4, &varint_field(1, id))].concat(),
+        ));
+    }
+    let label = |key: u64, value: u64| {
+        bytes_field(3, &[varint_field(1, key), varint_field(2, value)].concat())
+    };
+    for i in 0..samples {
+        let mut ids = Vec::new();
+        for id in (1..=1 + i % depth).rev() {
+            varint(id, &mut ids);
+        }
+        let mut value = Vec::new();
+        varint(1000, &mut value);
+        // As `sample` builds one, with labels.
+        let message = bytes_field(
+            2,
+            &[
+                bytes_field(1, &ids),
+                bytes_field(2, &value),
+                label(span_key, span_key + 1),
+                label(tenant_key, first_tenant + i % tenants),
+            ]
+            .concat(),
+        );
+        raw.extend(message);
+    }
+    raw
+}
+
 /// Where the executable code of `binary` lies in the file: (offset, size).
 fn code_in_file(binary: &Path) -> (u64, u64) {
     use object::{Object, ObjectSegment, SegmentFlags};
@@ -497,6 +547,16 @@ fn cases(dir: &Path) -> Vec<Case> {
         "within diff's half: 100 stacks of 75 frames of a 4 KiB name, diffed with itself",
         &|file| std::fs::write(file, gzip(&many_frames(100, 75, 4096))).expect("write input"),
         runs(&[DIFF], Expect::Succeeds),
+        Some(Expect::Succeeds),
+    );
+    case(
+        "many_spans.pb.gz",
+        "within the limit: 10,000 samples under 1,024 spans, stacks up to 64 frames of 40-byte names, drawn by span",
+        &|file| std::fs::write(file, gzip(&many_spans(10_000, 64, 40, 1024))).expect("write input"),
+        runs(
+            &[&["flamegraph", "{}", "--by-span", "-o", "/dev/null"], FLAMEGRAPH],
+            Expect::Succeeds,
+        ),
         Some(Expect::Succeeds),
     );
     case(

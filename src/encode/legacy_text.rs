@@ -1,6 +1,6 @@
 //! Go's legacy text heap format (`/debug/pprof/heap?debug=1`): a header of totals, one line per
-//! stack with its return addresses, each followed by `#` lines that name its frames for a
-//! person (fields separated by tabs), and the memory map, from which `go tool pprof` (which reads this format as it reads
+//! stack with its return addresses, each followed by `#` lines that name, for a person, the
+//! frames no earlier stack named (fields separated by tabs; each location is named once), and the memory map, from which `go tool pprof` (which reads this format as it reads
 //! gperftools' heap profiles) finds the binaries to name the addresses.
 //!
 //! ```text
@@ -53,6 +53,7 @@ pub fn write_legacy_heap<W: Write>(profile: &Profile, mut out: W) -> io::Result<
         inuse = (inuse.0.saturating_add(i.0), inuse.1.saturating_add(i.1));
         alloc = (alloc.0.saturating_add(a.0), alloc.1.saturating_add(a.1));
     }
+    let mut named = vec![false; profile.locations.len()];
     let mut out = io::BufWriter::new(&mut out);
     writeln!(
         out,
@@ -62,16 +63,18 @@ pub fn write_legacy_heap<W: Write>(profile: &Profile, mut out: W) -> io::Result<
     for sample in order {
         let (i, a) = figures(sample);
         write!(out, "{}: {} [{}: {}] @", i.0, i.1, a.0, a.1)?;
-        let locations = sample
-            .locations
-            .iter()
-            .filter_map(|&index| profile.locations.get(index));
         // Return addresses, as Go writes them: pprof takes one off each to land on the call.
-        for location in locations.clone() {
+        for (_, location) in indexed(sample, profile) {
             write!(out, " {:#x}", location.address.wrapping_add(1))?;
         }
         writeln!(out)?;
-        for location in locations {
+        // Each location named once, under the first stack that holds it: pprof's parser
+        // skips `#` lines, so they are for a person, and a deep stack repeated under many
+        // others would otherwise be named again each time.
+        for (index, location) in indexed(sample, profile) {
+            if std::mem::replace(&mut named[index], true) {
+                continue;
+            }
             if location.lines.is_empty() {
                 // pprof names it from the binary through the memory map below.
                 writeln!(out, "#\t{:#x}\t[unknown]+0x0\t?:0", location.address)?;
@@ -98,6 +101,18 @@ pub fn write_legacy_heap<W: Write>(profile: &Profile, mut out: W) -> io::Result<
         )?;
     }
     out.flush()
+}
+
+/// A sample's locations with their indexes, innermost first, leaving out indexes the profile
+/// does not hold.
+fn indexed<'p>(
+    sample: &'p Sample,
+    profile: &'p Profile,
+) -> impl Iterator<Item = (usize, &'p crate::profile::Location)> + 'p {
+    sample
+        .locations
+        .iter()
+        .filter_map(|&index| Some((index, profile.locations.get(index)?)))
 }
 
 #[cfg(test)]
@@ -160,7 +175,6 @@ mod tests {
              #\t0xf10\tapp::main+0x0\t?:0\n\
              \n\
              0: 0 [1: 100] @ 0xf11\n\
-             #\t0xf10\tapp::main+0x0\t?:0\n\
              \n\
              --- Memory map: ---\n\
              1000-9000 r-xp 00001000 00:00 0 /srv/app\n"

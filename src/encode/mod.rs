@@ -12,6 +12,8 @@ mod folded;
 mod legacy_text;
 mod pprof;
 pub mod proto;
+#[cfg(any(feature = "flamegraph", feature = "http"))]
+mod pruned;
 mod svg;
 mod timeline;
 mod top_list;
@@ -25,6 +27,10 @@ pub use flamegraph::{
 pub use folded::{folded_lines, folded_text, write_folded};
 pub use legacy_text::write_legacy_heap;
 pub use pprof::{to_pprof, write_pprof};
+#[cfg(feature = "http")]
+pub(crate) use pprof::{write_pprof_split, SplitSample};
+#[cfg(feature = "http")]
+pub(crate) use pruned::{visible_part, WeightedStack};
 pub use svg::{write_flamegraph_placeholder, FlamegraphPlaceholder};
 pub use timeline::{write_timeline, TimelineMark, TimelinePoint};
 pub use top_list::{human_bytes, write_top_text};

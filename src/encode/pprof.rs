@@ -13,6 +13,30 @@ use std::io::{self, Write};
 /// Builds the protobuf message (uncompressed) for a profile.
 pub fn to_pprof(profile: &Profile) -> proto::Profile {
     let mut strings = StringTable::default();
+    let mut out = header(profile, &mut strings);
+    for sample in &profile.samples {
+        out.sample.push(proto::Sample {
+            location_id: sample.locations.iter().map(|&l| l as u64 + 1).collect(),
+            value: sample.values.to_vec(),
+            label: sample
+                .labels
+                .iter()
+                .map(|(key, value)| proto::Label {
+                    key: strings.id(key),
+                    str: strings.id(value),
+                    num: 0,
+                    num_unit: 0,
+                })
+                .collect(),
+        });
+    }
+    out.string_table = strings.into_table();
+    out
+}
+
+/// Everything of a profile's message but its samples and string table: sample types,
+/// period, comment, mappings, functions and locations.
+fn header(profile: &Profile, strings: &mut StringTable) -> proto::Profile {
     let mut out = proto::Profile {
         sample_type: SampleType::ALL
             .iter()
@@ -39,31 +63,74 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         profile.sample_rate_bytes
     )));
 
-    write_code(
-        &profile.mappings,
-        &profile.locations,
-        &mut strings,
-        &mut out,
-    );
-
-    for sample in &profile.samples {
-        out.sample.push(proto::Sample {
-            location_id: sample.locations.iter().map(|&l| l as u64 + 1).collect(),
-            value: sample.values.to_vec(),
-            label: sample
-                .labels
-                .iter()
-                .map(|(key, value)| proto::Label {
-                    key: strings.id(key),
-                    str: strings.id(value),
-                    num: 0,
-                    num_unit: 0,
-                })
-                .collect(),
-        });
-    }
-    out.string_table = strings.into_table();
+    write_code(&profile.mappings, &profile.locations, strings, &mut out);
     out
+}
+
+#[cfg(feature = "http")]
+/// One sample of [`write_pprof_split`]: which sample of the profile holds its stack, the span
+/// tag whose labels it carries, and its four values.
+pub(crate) struct SplitSample {
+    pub stack: usize,
+    pub span: u32,
+    pub values: [i64; 4],
+}
+
+#[cfg(feature = "http")]
+/// Writes `profile`'s code with `samples` in place of its own samples, each taking its stack
+/// from the profile's sample `stack` and its labels from `labels_of(span)`, straight into the
+/// gzip stream: one sample's message in memory at a time, so the memory spent follows the
+/// distinct stacks and spans, not the samples. Protobuf merges concatenated messages
+/// (repeated fields append), so the header, each sample and the string table are written
+/// one after another.
+pub(crate) fn write_pprof_split<W: Write>(
+    profile: &Profile,
+    samples: impl Iterator<Item = SplitSample>,
+    mut labels_of: impl FnMut(u32) -> Vec<(String, String)>,
+    writer: W,
+) -> io::Result<()> {
+    let mut strings = StringTable::default();
+    let header = header(profile, &mut strings);
+    let mut encoder = GzEncoder::new(writer, Compression::fast());
+    encoder.write_all(&header.encode_to_vec())?;
+    drop(header);
+    let mut labels: HashMap<u32, Vec<proto::Label>> = HashMap::new();
+    let mut message = proto::Sample::default();
+    let mut buffer = Vec::new();
+    for sample in samples {
+        let Some(stack) = profile.samples.get(sample.stack) else {
+            continue;
+        };
+        message.location_id.clear();
+        message
+            .location_id
+            .extend(stack.locations.iter().map(|&l| l as u64 + 1));
+        message.value.clear();
+        message.value.extend_from_slice(&sample.values);
+        message
+            .label
+            .clone_from(labels.entry(sample.span).or_insert_with(|| {
+                labels_of(sample.span)
+                    .iter()
+                    .map(|(key, value)| proto::Label {
+                        key: strings.id(key),
+                        str: strings.id(value),
+                        num: 0,
+                        num_unit: 0,
+                    })
+                    .collect()
+            }));
+        buffer.clear();
+        // Field 2 of `Profile`: `repeated Sample sample`.
+        prost::encoding::message::encode(2, &message, &mut buffer);
+        encoder.write_all(&buffer)?;
+    }
+    let table = proto::Profile {
+        string_table: strings.into_table(),
+        ..proto::Profile::default()
+    };
+    encoder.write_all(&table.encode_to_vec())?;
+    encoder.finish()?.flush()
 }
 
 /// Writes a profile as gzip-compressed pprof protobuf (a `.pb.gz` file).

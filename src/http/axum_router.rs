@@ -66,16 +66,36 @@ pub fn router() -> axum::Router {
             if let Some(disposition) = page.disposition {
                 response = response.header(header::CONTENT_DISPOSITION, disposition);
             }
+            if let Some(seconds) = page.retry_after {
+                response = response.header(header::RETRY_AFTER, seconds);
+            }
             let body = if parts.method == Method::HEAD {
                 Body::empty()
             } else {
-                Body::from(page.body)
+                // The body keeps its share of the response budget until axum drops it (sent,
+                // or the client gone).
+                Body::from(axum::body::Bytes::from_owner(HeldBody {
+                    body: page.body,
+                    _held: page.held,
+                }))
             };
             response
                 .body(body)
                 .unwrap_or_else(|_| Response::new(Body::from("internal error")))
         }
     })
+}
+
+/// A page's body with its share of the response budget.
+struct HeldBody {
+    body: Vec<u8>,
+    _held: super::response::HeldBudget,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
 }
 
 /// Where the index's links start. Nested, axum strips the prefix, and `/heapwatch` and

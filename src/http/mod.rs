@@ -9,16 +9,24 @@
 //! println!("go tool pprof http://{}/debug/pprof/heap", server.local_addr());
 //! ```
 //!
-//! | path | content |
-//! |---|---|
-//! | `/` | an index page linking the others |
-//! | `/metrics` | Prometheus text (rendered by metrics-exporter-prometheus) |
-//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them; `?seconds=N`: what was allocated over the next N s (Go's delta profile); `?debug=1`: Go's legacy text format |
-//! | `/debug/pprof/profile?seconds=N` | a CPU profile of N s (default 30), gzipped pprof (feature `cpu`; 501 without it) |
-//! | `/debug/heap/flamegraph.svg` | the live heap |
-//! | `/debug/heap/diff.svg` | now against the baseline taken after warm-up |
-//! | `/debug/heap/report` | JSON: counters, cgroup, verdict, suspects |
-//! | `/debug/heap/dumps` | the dump sets on disk; `/debug/heap/dumps/<name>` downloads a listed file |
+//! | path | content | memory at most |
+//! |---|---|---|
+//! | `/` | an index page linking the others | 256 KiB |
+//! | `/metrics` | Prometheus text (rendered by metrics-exporter-prometheus) | 256 KiB |
+//! | `/debug/pprof/heap`, `/debug/pprof/allocs` | gzipped pprof, as Go serves them; `?seconds=N`: what was allocated over the next N s (Go's delta profile); `?debug=1`: Go's legacy text format | the table's copy (by distinct call path) and names, + a body of 16 MiB; `?seconds=N`: two such copies |
+//! | `/debug/pprof/profile?seconds=N` | a CPU profile of N s (default 30), gzipped pprof (feature `cpu`; 501 without it) | one at a time (409) |
+//! | `/debug/heap/flamegraph.svg` | the live heap; `?by=span`: rooted at each tracing span | the copy, one root's call tree, what is drawn; a body of 8 MiB |
+//! | `/debug/heap/diff.svg` | now against the baseline taken after warm-up | the copy and both sides' folded lines; 8 MiB |
+//! | `/debug/heap/report` | JSON: counters, cgroup, verdict, suspects | the copy, + 1 MiB |
+//! | `/debug/heap/dumps` | the dump sets on disk; `/debug/heap/dumps/<name>` downloads a listed file | 256 KiB; a download, the file's size |
+//!
+//! **Memory.** Every page reserves what it will hold from one process-wide budget shared by the
+//! listener's workers and the axum router (feature `axum`; 32 MiB by default, see
+//! [`set_response_budget`]) before it holds it: its copy of the sample table, in which stacks
+//! differing only by their span share one call path; its names; its body, bounded as it
+//! grows. A page that cannot have its share answers `503 Service Unavailable` with
+//! `Retry-After: 1` and allocates nothing more. The guide's safety page (`docs/safety.md`) has
+//! each page's figures and their measurement.
 //!
 //! Bound to loopback unless told otherwise; an optional bearer token (scheme in any case,
 //! compared by fixed-size digests); requests are limited in size (8 KiB of headers, 1 KiB of
@@ -38,7 +46,9 @@
 
 #[cfg(feature = "axum")]
 mod axum_router;
+mod budget;
 mod clients;
+mod heavy_pages;
 mod metrics_page;
 mod pprof_pages;
 mod query;
@@ -48,6 +58,7 @@ mod server;
 
 #[cfg(feature = "axum")]
 pub use axum_router::router;
+pub use budget::{response_budget, set_response_budget, DEFAULT_RESPONSE_BUDGET_BYTES};
 pub use routes::{reason_phrase, respond, respond_under, Context, Response};
 pub use server::{Limits, Server, ServerBuilder};
 

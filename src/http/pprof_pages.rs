@@ -82,13 +82,16 @@ impl Wait {
             },
             WaitKind::HeapDelta { _slot, name } => {
                 // Go's delta profile: the alloc_* figures of the window (what was allocated
-                // in it), the in-use figures as of its end.
-                let earlier = crate::snapshot::snapshot();
+                // in it), the in-use figures as of its end. The earlier end is held (within
+                // the budget) for the wait: a copy merged by call path, a few MiB.
+                let earlier = match super::heavy_pages::admitted_snapshot() {
+                    Ok(earlier) => earlier,
+                    Err(refused) => return Some(refused),
+                };
                 if !sleep_unless(window, client_gone) {
                     return None;
                 }
-                let delta = crate::snapshot::snapshot().allocated_since(&earlier);
-                pprof(&delta, name)
+                super::heavy_pages::heap_delta(earlier, name)
             }
         })
     }
@@ -165,35 +168,8 @@ pub(crate) fn heap(query: &str, default: SampleType, name: &'static str) -> Answ
                 "a heap delta profile (?seconds=) is already being taken; one runs at a time, try again when it ends",
             )),
         },
-        PprofQuery { debug: 1.., .. } => {
-            let mut profile = crate::snapshot::snapshot();
-            // `go tool pprof`, fetching over HTTP, names each listed object from its file, and
-            // asks `/debug/pprof/symbol` (Go's symbolz, a POST heapwatch does not serve) for
-            // any it cannot name so (a stripped system library), failing when refused. Objects
-            // other than the executable are therefore listed as `[libc.so.6]`, a name pprof
-            // knows not to symbolize (as `[vdso]`): their frames read as the object's name.
-            let executable = std::env::current_exe().ok();
-            for mapping in &mut profile.mappings {
-                let path = std::path::Path::new(&mapping.path);
-                if executable.as_deref() != Some(path) {
-                    let name = path.file_name().map_or_else(
-                        || mapping.path.clone(),
-                        |name| name.to_string_lossy().into_owned(),
-                    );
-                    mapping.path = format!("[{name}]");
-                }
-            }
-            let mut body = Vec::new();
-            match crate::encode::write_legacy_heap(&profile, &mut body) {
-                Ok(()) => Answer::Now(Response::new(200, "text/plain; charset=utf-8", body)),
-                Err(_) => Answer::Now(Response::error(500)),
-            }
-        }
-        PprofQuery { .. } => {
-            let mut profile = crate::snapshot::snapshot();
-            profile.default_sample_type = Some(default);
-            Answer::Now(pprof(&profile, name))
-        }
+        PprofQuery { debug: 1.., .. } => Answer::Now(super::heavy_pages::legacy_text()),
+        PprofQuery { .. } => Answer::Now(super::heavy_pages::pprof(default, name)),
     }
 }
 
@@ -232,15 +208,8 @@ fn cpu_profile(_seconds: u64) -> Answer {
     ))
 }
 
-fn pprof(profile: &crate::profile::Profile, name: &str) -> Response {
-    let mut body = Vec::new();
-    match crate::encode::write_pprof(profile, &mut body) {
-        Ok(()) => download(body, name),
-        Err(_) => Response::error(500),
-    }
-}
-
 /// A gzipped pprof answer, named `<name>.pb.gz` when saved.
+#[cfg(feature = "cpu")]
 fn download(body: Vec<u8>, name: &str) -> Response {
     let mut response = Response::new(200, "application/octet-stream", body);
     response.disposition = Some(format!("attachment; filename=\"{name}.pb.gz\""));

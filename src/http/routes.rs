@@ -2,6 +2,7 @@
 //! status, content type and body out. The built-in listener and the axum router both call
 //! [`respond`].
 
+use super::heavy_pages;
 use super::pprof_pages::{self, Answer};
 pub use super::response::{reason_phrase, Response};
 use crate::profile::SampleType;
@@ -68,31 +69,27 @@ pub(crate) fn answer_under(
     let target = target.split('#').next().unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Answer::Now(match path {
-        "/" => Response::new(200, "text/html; charset=utf-8", index(link_base)),
-        "/metrics" => Response::new(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            (context.metrics)(),
-        ),
+        "/" => {
+            heavy_pages::light(|| Response::new(200, "text/html; charset=utf-8", index(link_base)))
+        }
+        "/metrics" => heavy_pages::light(|| {
+            Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                (context.metrics)(),
+            )
+        }),
         "/debug/pprof/heap" => return pprof_pages::heap(query, SampleType::InuseSpace, "heap"),
         "/debug/pprof/allocs" => return pprof_pages::heap(query, SampleType::AllocSpace, "allocs"),
         "/debug/pprof/profile" => return pprof_pages::cpu(query),
-        "/debug/heap/flamegraph.svg" => svg(|out| {
-            let profile = crate::snapshot::snapshot();
-            if query.split('&').any(|pair| pair == "by=span") {
-                flamegraph(&crate::spans::rooted_at_spans(&profile), out)
-            } else {
-                flamegraph(&profile, out)
-            }
-        }),
-        "/debug/heap/diff.svg" => svg(|out| {
-            let baseline = crate::published::baseline().unwrap_or_default();
-            crate::detect::write_diff(&baseline, &crate::snapshot::snapshot(), out)
-        }),
-        "/debug/heap/report" => Response::new(200, "application/json", report()),
-        "/debug/heap/dumps" | "/debug/heap/dumps/" => {
-            Response::new(200, "application/json", dump_listing(&dump_dir(context)))
+        "/debug/heap/flamegraph.svg" => {
+            heavy_pages::flamegraph(query.split('&').any(|pair| pair == "by=span"))
         }
+        "/debug/heap/diff.svg" => heavy_pages::diff_flamegraph(),
+        "/debug/heap/report" => heavy_pages::report(),
+        "/debug/heap/dumps" | "/debug/heap/dumps/" => heavy_pages::light(|| {
+            Response::new(200, "application/json", dump_listing(&dump_dir(context)))
+        }),
         _ => match path.strip_prefix("/debug/heap/dumps/") {
             Some(name) => dump_file(&dump_dir(context), name),
             None => Response::error(404),
@@ -131,58 +128,6 @@ fn token_matches(given: &str, token: &str) -> bool {
     let key = KEY.get_or_init(RandomState::new);
     let digests_differ = key.hash_one(given.as_bytes()) ^ key.hash_one(token.as_bytes());
     digests_differ == 0 && given == token
-}
-
-fn svg(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Response {
-    let mut body = Vec::new();
-    match write(&mut body) {
-        Ok(()) => Response::new(200, "image/svg+xml", body),
-        Err(_) => Response::error(500),
-    }
-}
-
-fn flamegraph(profile: &crate::profile::Profile, out: &mut Vec<u8>) -> std::io::Result<()> {
-    #[cfg(feature = "flamegraph")]
-    {
-        crate::encode::write_flamegraph(profile, SampleType::InuseSpace, "live heap", out)
-    }
-    #[cfg(not(feature = "flamegraph"))]
-    {
-        let _ = profile;
-        crate::encode::write_flamegraph_placeholder(crate::encode::FlamegraphPlaceholder::Page, out)
-    }
-}
-
-/// How many of the heaviest live sites the report lists.
-const TOP_SITES: usize = 10;
-
-fn report() -> Vec<u8> {
-    let stats = crate::counters::stats();
-    let profiler = crate::table::profiler_stats();
-    let latest = crate::published::latest();
-    let reading = latest.as_ref().map(|l| &l.reading);
-    let detector = latest.as_ref().map(|l| &l.detector);
-    let profile = crate::snapshot::snapshot();
-    let value = serde_json::json!({
-        "heap": crate::watch::HeapCounters::from(stats),
-        "sample_rate_bytes": crate::sampler::sample_rate(),
-        "profiler_bytes": profiler.profiler_bytes,
-        "symbolizer_bytes": profiler.symbol_cache_bytes,
-        "top_sites": crate::watch::top_sites(&profile, TOP_SITES),
-        "top_spans": crate::watch::top_spans(&profile, crate::watch::TOP_SPANS),
-        "cgroup": reading.map(|r| serde_json::json!({
-            "limit_bytes": r.limit_bytes,
-            "usage_bytes": r.usage_bytes,
-            "working_set_bytes": r.working_set_bytes,
-            "slope_bytes_per_second": r.slope_bytes_per_second,
-            "eta_seconds": r.eta_seconds,
-        })),
-        "verdict": detector.map(|d| &d.verdict),
-        "suspects": detector.map(|d| &d.suspects),
-        "dumps_written": crate::published::dumps_written().iter().map(|(k, v)| (k.name(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
-        "dump_errors": crate::published::dump_errors(),
-    });
-    serde_json::to_vec_pretty(&value).unwrap_or_default()
 }
 
 /// Every file of every complete dump set, by name: only files that would be served (regular,
@@ -236,14 +181,18 @@ fn dump_file(dir: &Path, name: &str) -> Response {
     let Some((listed, content_type)) = dump_files(dir).into_iter().find(|(n, _)| n == name) else {
         return Response::error(404);
     };
-    match crate::watch::read_served_file(&dir.join(&listed)) {
+    let path = dir.join(&listed);
+    // The size as listed: a file that grows after this is read whole, as before (dump files
+    // are written once, under a temporary name, and renamed).
+    let size_bytes = std::fs::symlink_metadata(&path).map_or(0, |meta| meta.len());
+    heavy_pages::download(size_bytes, || match crate::watch::read_served_file(&path) {
         Ok(body) => {
             let mut response = Response::new(200, content_type, body);
             response.disposition = Some(format!("attachment; filename=\"{listed}\""));
             response
         }
         Err(_) => Response::error(404),
-    }
+    })
 }
 
 /// The index page, its links starting with `link_base` (escaped for the attribute).

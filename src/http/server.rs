@@ -374,6 +374,9 @@ fn plain(status: u16) -> Response {
         content_type: "text/plain; charset=utf-8",
         disposition: None,
         body: format!("{}\n", reason_phrase(status)).into_bytes(),
+        // Only 503 comes here with a reason to retry: every worker was busy.
+        retry_after: (status == 503).then_some(super::budget::RETRY_AFTER_SECONDS),
+        held: Default::default(),
     }
 }
 
@@ -412,6 +415,9 @@ enum State {
         head: Vec<u8>,
         body: Vec<u8>,
         sent: usize,
+        /// The body's share of the response budget, given back once it is written or the
+        /// connection is dropped.
+        _held: super::response::HeldBudget,
     },
     /// Finished: removed at the end of the round.
     Closed,
@@ -509,6 +515,7 @@ impl Conn {
             head,
             body,
             sent: 0,
+            _held: response.held,
         };
         self.deadline = Some(deadline_after(poller.now, poller.limits.write_timeout));
         // Most answers fit the socket's buffer and go at once.
@@ -516,7 +523,10 @@ impl Conn {
     }
 
     fn send(&mut self) {
-        let State::Writing { head, body, sent } = &mut self.state else {
+        let State::Writing {
+            head, body, sent, ..
+        } = &mut self.state
+        else {
             return;
         };
         loop {
@@ -953,6 +963,9 @@ fn response_head(response: &Response) -> Vec<u8> {
     }
     if let Some(disposition) = &response.disposition {
         head.push_str(&format!("Content-Disposition: {disposition}\r\n"));
+    }
+    if let Some(seconds) = response.retry_after {
+        head.push_str(&format!("Retry-After: {seconds}\r\n"));
     }
     head.push_str("\r\n");
     head.into_bytes()
