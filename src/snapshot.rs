@@ -70,13 +70,28 @@ pub(crate) struct PageSnapshot {
 /// Takes a [`PageSnapshot`]. `admit` is told the distinct stacks and return addresses the copy
 /// keeps before they are copied and named, and may refuse (`None`).
 #[cfg(feature = "http")]
-pub(crate) fn page_snapshot(admit: impl FnOnce(usize, usize) -> bool) -> Option<PageSnapshot> {
+pub(crate) fn page_snapshot(
+    admit: impl FnOnce(usize, usize) -> bool,
+    admit_names: impl FnOnce(usize) -> bool,
+) -> Option<PageSnapshot> {
     symbolize::warn_once_without_dwarf();
     let _guard = ProfilerGuard::enter();
     let time_nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
     let merged = table::merged_snapshot(admit)?;
+    // Names cost per distinct return address, shared by every path through the same code.
+    let distinct_addresses = {
+        let mut addresses: Vec<usize> = Vec::new();
+        addresses.try_reserve_exact(merged.raw.frames.len()).ok()?;
+        addresses.extend(merged.raw.frames.iter().copied());
+        addresses.sort_unstable();
+        addresses.dedup();
+        addresses.len()
+    };
+    if !admit_names(distinct_addresses) {
+        return None;
+    }
     let overflowed = merged.raw.overflowed;
     let mut profile = Profile {
         time_nanos,

@@ -20,9 +20,11 @@ const BYTES_PER_STACK: usize = 64;
 /// Bytes per distinct call path kept: its raw stack (40 B) and its merged sample (~120 B).
 const BYTES_PER_DISTINCT_STACK: usize = 160;
 /// Bytes per return address of the distinct call paths: 8 in the copy, 8 in the merged
-/// sample, and its share of the names (a location's lines: Rust's qualified names and paths
-/// run to a few hundred bytes, shared by the stacks through the same code).
-const BYTES_PER_DISTINCT_FRAME: usize = 256;
+/// sample's locations, 8 in the sorted copy that counts the distinct addresses.
+const BYTES_PER_DISTINCT_FRAME: usize = 24;
+/// Bytes per distinct return address named: its location and lines (Rust's qualified names
+/// and paths run to a few hundred bytes, inlined frames add lines) and its index entry.
+const BYTES_PER_NAMED_ADDRESS: usize = 768;
 /// What a page renders beside its snapshot and body: gzip's state (~300 KiB at the fastest
 /// level), the span labels, a JSON value of the report.
 const RENDER_BYTES: usize = 1 << 20;
@@ -51,14 +53,23 @@ pub(crate) fn admitted_snapshot() -> Result<(PageSnapshot, Reservation), Respons
             .saturating_add(RENDER_BYTES),
     )
     .ok_or_else(Response::over_budget)?;
-    let snapshot = crate::snapshot::page_snapshot(|distinct_stacks, distinct_frames| {
-        reservation.grow(
-            distinct_stacks
-                .saturating_mul(BYTES_PER_DISTINCT_STACK)
-                .saturating_add(distinct_frames.saturating_mul(BYTES_PER_DISTINCT_FRAME)),
-        )
-    })
+    let reservation_cell = std::cell::RefCell::new(&mut reservation);
+    let snapshot = crate::snapshot::page_snapshot(
+        |distinct_stacks, distinct_frames| {
+            reservation_cell.borrow_mut().grow(
+                distinct_stacks
+                    .saturating_mul(BYTES_PER_DISTINCT_STACK)
+                    .saturating_add(distinct_frames.saturating_mul(BYTES_PER_DISTINCT_FRAME)),
+            )
+        },
+        |distinct_addresses| {
+            reservation_cell
+                .borrow_mut()
+                .grow(distinct_addresses.saturating_mul(BYTES_PER_NAMED_ADDRESS))
+        },
+    )
     .ok_or_else(Response::over_budget)?;
+    drop(reservation_cell);
     Ok((snapshot, reservation))
 }
 
