@@ -53,23 +53,25 @@ pub(crate) fn admitted_snapshot() -> Result<(PageSnapshot, Reservation), Respons
             .saturating_add(RENDER_BYTES),
     )
     .ok_or_else(Response::over_budget)?;
-    let reservation_cell = std::cell::RefCell::new(&mut reservation);
-    let snapshot = crate::snapshot::page_snapshot(
-        |distinct_stacks, distinct_frames| {
-            reservation_cell.borrow_mut().grow(
-                distinct_stacks
-                    .saturating_mul(BYTES_PER_DISTINCT_STACK)
-                    .saturating_add(distinct_frames.saturating_mul(BYTES_PER_DISTINCT_FRAME)),
-            )
-        },
-        |distinct_addresses| {
-            reservation_cell
-                .borrow_mut()
-                .grow(distinct_addresses.saturating_mul(BYTES_PER_NAMED_ADDRESS))
-        },
-    )
+    // Both admissions grow the one reservation, one after the other.
+    let snapshot = {
+        let reservation = std::cell::RefCell::new(&mut reservation);
+        crate::snapshot::page_snapshot(
+            |distinct_stacks, distinct_frames| {
+                reservation.borrow_mut().grow(
+                    distinct_stacks
+                        .saturating_mul(BYTES_PER_DISTINCT_STACK)
+                        .saturating_add(distinct_frames.saturating_mul(BYTES_PER_DISTINCT_FRAME)),
+                )
+            },
+            |distinct_addresses| {
+                reservation
+                    .borrow_mut()
+                    .grow(distinct_addresses.saturating_mul(BYTES_PER_NAMED_ADDRESS))
+            },
+        )
+    }
     .ok_or_else(Response::over_budget)?;
-    drop(reservation_cell);
     Ok((snapshot, reservation))
 }
 
