@@ -323,6 +323,7 @@ mod fence;
 
 /// Decides now whether unwinds are fenced (reading glibc's version allocates): before code
 /// that must not allocate, such as a signal handler, first unwinds.
+#[cfg(feature = "cpu")]
 pub(crate) fn prepare_unwinds() {
     fence::needed();
 }

@@ -18,6 +18,9 @@
 //! Frame-pointer pass: not needed — what is measured is the pages' memory, not which frames the stacks hold.
 
 mod common;
+#[cfg(feature = "axum")]
+#[path = "common/served_axum.rs"]
+mod served_axum;
 
 use heapwatch::http::Server;
 use std::hint::black_box;
@@ -347,16 +350,8 @@ fn past_the_budget_503_and_retry_after(addr: &str) {
 /// heaviest page stay under the bound, and a spent budget answers 503 with `Retry-After`.
 #[cfg(feature = "axum")]
 fn the_axum_router_shares_the_budget(_: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address").to_string();
-    runtime.spawn(async move { axum::serve(listener, heapwatch::http::router()).await });
+    let served = served_axum::serve(heapwatch::http::router(), 2);
+    let addr = served.addr();
     let addr = addr.as_str();
     let mut failures = Vec::new();
     for page in [
@@ -395,7 +390,7 @@ fn the_axum_router_shares_the_budget(_: &str) {
             refused.status, refused.retry_after
         ));
     }
-    drop(runtime);
+    drop(served);
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

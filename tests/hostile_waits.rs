@@ -10,6 +10,10 @@
 //!
 //! Frame-pointer pass: not needed — when a waiting page lets go of its slot; what the profile holds does not matter.
 
+#[cfg(feature = "axum")]
+#[path = "common/served_axum.rs"]
+mod served_axum;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -150,36 +154,18 @@ mod router {
 
     /// heapwatch's router as the whole app, served by a one-worker tokio runtime, as a
     /// service serves it.
-    struct Served {
-        addr: String,
-        _runtime: tokio::runtime::Runtime,
-    }
-
-    fn serve() -> Served {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("address").to_string();
-        runtime.spawn(async move { axum::serve(listener, heapwatch::http::router()).await });
-        Served {
-            addr,
-            _runtime: runtime,
-        }
+    fn serve() -> crate::served_axum::Served {
+        crate::served_axum::serve(heapwatch::http::router(), 1)
     }
 
     pub(super) fn abandoned_heap_delta_frees_its_slot() {
         let served = serve();
-        abandoned_wait_frees_its_slot(&served.addr, "/debug/pprof/heap");
+        abandoned_wait_frees_its_slot(&served.addr(), "/debug/pprof/heap");
     }
 
     #[cfg(feature = "cpu")]
     pub(super) fn abandoned_cpu_profile_frees_the_sampler() {
         let served = serve();
-        abandoned_wait_frees_its_slot(&served.addr, "/debug/pprof/profile");
+        abandoned_wait_frees_its_slot(&served.addr(), "/debug/pprof/profile");
     }
 }

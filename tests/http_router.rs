@@ -7,6 +7,8 @@
 #![cfg(feature = "axum")]
 
 mod common;
+#[path = "common/served_axum.rs"]
+mod served_axum;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,27 +20,8 @@ static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::
 /// What the service answers on its own `/metrics`: a link that lands there went astray.
 const SERVICE_METRICS: &str = "the service's own metrics";
 
-/// An axum app served on loopback for as long as it lives.
-struct Served {
-    addr: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn serve(app: axum::Router) -> Served {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    Served {
-        addr,
-        _runtime: runtime,
-    }
+fn serve(app: axum::Router) -> served_axum::Served {
+    served_axum::serve(app, 1)
 }
 
 /// A service's app with its own pages and heapwatch's nested twice: with `nest` at
