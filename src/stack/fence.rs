@@ -69,7 +69,8 @@ pub(super) fn needed() -> bool {
 
 #[cold]
 fn decide() -> bool {
-    let fenced = glibc_version().is_none_or(|version| needed_for(&version));
+    // Read without allocating: the first unwind of a sample decides, inside the allocator.
+    let fenced = glibc_version().is_none_or(needed_for);
     if fenced {
         // Before any unwind is fenced, from the first unwind: on such a glibc the caching
         // unwinder gives every stack to libgcc before taking its own locks, so none of a
@@ -82,20 +83,20 @@ fn decide() -> bool {
 
 /// The running glibc's version, as `gnu_get_libc_version()` reports it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn glibc_version() -> Option<String> {
+fn glibc_version() -> Option<&'static str> {
     extern "C" {
         fn gnu_get_libc_version() -> *const std::ffi::c_char;
     }
     // SAFETY: glibc's `gnu_get_libc_version` takes nothing and returns a pointer to a static,
     // NUL-terminated string that lives as long as the process.
     let version = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) };
-    Some(version.to_string_lossy().into_owned())
+    version.to_str().ok()
 }
 
 /// Not glibc: its libgcc unwinds are not the ones described here; nothing is fenced.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn glibc_version() -> Option<String> {
-    Some("2.35".to_owned())
+fn glibc_version() -> Option<&'static str> {
+    Some("2.35")
 }
 
 /// Whether glibc `version` (`2.34`, `2.35.1`) makes libgcc walk the loader's list: before
