@@ -152,6 +152,7 @@ fn forget_other_threads_checks(locked: bool) {
         let mut active = FINE_SAMPLING.lock().unwrap_or_else(PoisonError::into_inner);
         if own == 0 && active.0 > 0 {
             crate::sampler::configure_rate(active.1);
+            RATE_TO_RESTORE.store(NO_CHECK, Ordering::Release);
         }
         active.0 = own;
     } else if own == 0 {

@@ -2,7 +2,9 @@
 //! timer, so each scenario attacks what that can break.
 //!
 //! - `host_handler_is_put_back`: the program had its own `SIGPROF` action; after a profile, and
-//!   after a cancelled one, that action is in place again, and its own handler still runs.
+//!   after a cancelled one, that action is in place again, and its own handler still runs; a
+//!   default action comes back as "ignore" (a signal of the stopped timer may still be
+//!   pending); the program's own `ITIMER_PROF` is put back.
 //! - `unwinders_busy_everywhere`: while a profile samples, threads panic and catch in a loop
 //!   (libgcc's unwinder in use) and allocate with heapwatch's stack capture on libgcc's
 //!   unwinder: the profile ends, within a watchdog, and the threads finish their rounds.
@@ -148,12 +150,54 @@ fn host_handler_is_put_back() -> Result<(), String> {
     let before = HOST_HANDLER_RAN.load(Ordering::Relaxed);
     // SAFETY: raising a signal whose handler only counts.
     unsafe { libc::raise(libc::SIGPROF) };
-    drop(busy);
-    // SAFETY: back to the default before the next scenario.
-    unsafe { libc::signal(libc::SIGPROF, libc::SIG_DFL) };
     if HOST_HANDLER_RAN.load(Ordering::Relaxed) <= before {
         return Err("the program's own SIGPROF handler did not run".into());
     }
+    // The program's default action comes back as "ignore": a signal of the stopped timer may
+    // still be pending, and the default would end the process.
+    // SAFETY: back to the default action.
+    unsafe { libc::signal(libc::SIGPROF, libc::SIG_DFL) };
+    // The program's own profiling timer, far in the future, is put back after a profile.
+    let host_timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 3600,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: valid `itimerval`s.
+    unsafe { libc::setitimer(libc::ITIMER_PROF, &host_timer, std::ptr::null_mut()) };
+    heapwatch::cpu::profile(Duration::from_millis(300)).map_err(|e| e.to_string())?;
+    let mut after = host_timer;
+    // SAFETY: reads the timer into a valid `itimerval`.
+    unsafe { libc::getitimer(libc::ITIMER_PROF, &mut after) };
+    let stopped = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: stops the program's timer before the next scenario.
+    unsafe { libc::setitimer(libc::ITIMER_PROF, &stopped, std::ptr::null_mut()) };
+    drop(busy);
+    if after.it_value.tv_sec < 3000 {
+        return Err(format!(
+            "the program's profiling timer was not put back: {} s left",
+            after.it_value.tv_sec
+        ));
+    }
+    if current_sigprof_handler() != libc::SIG_IGN {
+        return Err("a default SIGPROF action did not come back as SIG_IGN".into());
+    }
+    // SAFETY: back to the default before the next scenario.
+    unsafe { libc::signal(libc::SIGPROF, libc::SIG_DFL) };
     Ok(())
 }
 

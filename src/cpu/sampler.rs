@@ -22,7 +22,11 @@
 //! libpthread too ([`LOADER_LOCK_HOLDERS`]) unless the loaded libgcc finds unwind tables with
 //! glibc's `_dl_find_object` (glibc 2.35+, GCC 12+), which is lock-free. An older libgcc
 //! searches with `dl_iterate_phdr`, which takes the loader's lock: a thread interrupted in libc
-//! while holding that lock would deadlock in the handler.
+//! while holding that lock would deadlock in the handler. One case remains: a program that
+//! registers unwind tables of its own at run time (`__register_frame`, as JIT compilers do)
+//! makes libgcc take a mutex of its own, through libc, on every search; a sample landing in
+//! libc while libgcc holds it would deadlock. Such programs should not take CPU profiles with
+//! libc walked (there is no way to ask libgcc whether frames were registered).
 
 use crate::stack::MAX_FRAMES;
 use std::cell::UnsafeCell;
@@ -75,6 +79,9 @@ struct SlotContents {
 
 /// The session's table; null while no session samples.
 static ACTIVE: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+/// The session's table from its mapping to its unmapping (longer than [`ACTIVE`]): what a
+/// forked child unmaps.
+static MAPPED: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
 /// Handlers running now: the table is unmapped only once none is.
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 /// Samples not counted: table full, or interrupted code on the blocklist.
@@ -107,6 +114,9 @@ pub(crate) struct StartError(pub(crate) std::io::Error);
 /// stops everything and gives the table's memory back.
 pub(crate) struct Sampling {
     table: *mut Slot,
+    /// The program's own `ITIMER_PROF`, put back at the end.
+    host_timer: libc::itimerval,
+    stopped: bool,
 }
 
 /// What a session counted.
@@ -137,20 +147,26 @@ impl Sampling {
         if table == libc::MAP_FAILED {
             return Err(StartError(std::io::Error::last_os_error()));
         }
-        let sampling = Sampling {
+        MAPPED.store(table.cast(), Ordering::SeqCst);
+        let mut sampling = Sampling {
             table: table.cast(),
+            host_timer: STOPPED,
+            stopped: false,
         };
         find_blocked_ranges();
         crate::stack::prepare_unwinds();
+        // libgcc's first unwind in a process initializes it (a `pthread_once`, in libc): done
+        // here, not in the handler.
+        crate::stack::unwind(&mut [0usize; 4]);
         LOST.store(0, Ordering::Relaxed);
         ACTIVE.store(sampling.table, Ordering::SeqCst);
         install_handler().map_err(StartError)?;
-        set_timer(per_second).map_err(StartError)?;
+        sampling.host_timer = set_timer(timer_of(per_second)).map_err(StartError)?;
         Ok(sampling)
     }
 
     /// Stops sampling and reads what was counted; the table is unmapped.
-    pub(crate) fn finish(self) -> Collected {
+    pub(crate) fn finish(mut self) -> Collected {
         self.stop();
         let mut stacks = Vec::new();
         for slot in self.slots() {
@@ -180,9 +196,13 @@ impl Sampling {
         unsafe { std::slice::from_raw_parts(self.table, SLOTS) }
     }
 
-    /// Timer off, handler out, then waits for handlers already running to leave. Idempotent.
-    fn stop(&self) {
-        let _ = set_timer(0);
+    /// Timer off, handler out, then waits for handlers already running to leave; the program's
+    /// own timer back. Idempotent.
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        let _ = set_timer(STOPPED);
         ACTIVE.store(std::ptr::null_mut(), Ordering::SeqCst);
         restore_handler();
         // A handler that saw the table counted itself in first (both SeqCst): once the count
@@ -191,6 +211,10 @@ impl Sampling {
         let deadline = Instant::now() + Duration::from_secs(1);
         while IN_HANDLER.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
+        }
+        let host_timer = self.host_timer;
+        if host_timer.it_value.tv_sec != 0 || host_timer.it_value.tv_usec != 0 {
+            let _ = set_timer(host_timer);
         }
     }
 }
@@ -206,6 +230,7 @@ impl Drop for Sampling {
         // SAFETY: the table was mapped with this size by `start`, no handler can reach it
         // (withdrawn and waited for), and `finish` has copied out what it needed.
         unsafe { libc::munmap(self.table.cast(), table_bytes()) };
+        MAPPED.store(std::ptr::null_mut(), Ordering::SeqCst);
     }
 }
 
@@ -217,7 +242,8 @@ fn table_bytes() -> usize {
 /// parent's table is unmapped and the parent's `SIGPROF` action put back, so the child can
 /// start a session of its own. Async-signal-safe: atomics, `munmap`, `sigaction`.
 pub(crate) fn reset_in_child() {
-    let table = ACTIVE.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    ACTIVE.store(std::ptr::null_mut(), Ordering::SeqCst);
+    let table = MAPPED.swap(std::ptr::null_mut(), Ordering::SeqCst);
     IN_HANDLER.store(0, Ordering::SeqCst);
     restore_handler();
     if !table.is_null() {
@@ -244,41 +270,55 @@ fn install_handler() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Puts the program's `SIGPROF` action back; its default (terminate) as "ignore": a signal of
+/// the stopped timer may still be pending (queued while the thread it hit had it blocked, as
+/// in this handler), and stopping the timer does not withdraw it.
 fn restore_handler() {
     if SAVED_ACTION.saved.swap(false, Ordering::AcqRel) {
-        // SAFETY: `saved` was set, so `action` holds what `sigaction` wrote.
+        // SAFETY: `saved` was set, so `action` holds what `sigaction` wrote; the copy is
+        // changed only in its handler field, to a valid disposition.
         unsafe {
-            libc::sigaction(
-                libc::SIGPROF,
-                (*SAVED_ACTION.action.get()).as_ptr(),
-                std::ptr::null_mut(),
-            );
+            let mut action = (*SAVED_ACTION.action.get()).assume_init();
+            if action.sa_sigaction == libc::SIG_DFL {
+                action.sa_sigaction = libc::SIG_IGN;
+            }
+            libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut());
         }
     }
 }
 
-/// `per_second` samples a second of CPU time; 0 stops the timer.
-fn set_timer(per_second: u32) -> std::io::Result<()> {
-    let interval = if per_second == 0 {
-        libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        }
-    } else {
-        libc::timeval {
-            tv_sec: 0,
-            tv_usec: (1_000_000 / per_second.max(1)) as libc::suseconds_t,
-        }
+/// A stopped `ITIMER_PROF`.
+const STOPPED: libc::itimerval = libc::itimerval {
+    it_interval: libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    },
+    it_value: libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    },
+};
+
+/// The timer of `per_second` samples a second of CPU time.
+fn timer_of(per_second: u32) -> libc::itimerval {
+    let interval = libc::timeval {
+        tv_sec: 0,
+        tv_usec: (1_000_000 / per_second.max(1)) as libc::suseconds_t,
     };
-    let timer = libc::itimerval {
+    libc::itimerval {
         it_interval: interval,
         it_value: interval,
-    };
-    // SAFETY: a valid `itimerval`; the old value is not asked for.
-    if unsafe { libc::setitimer(libc::ITIMER_PROF, &timer, std::ptr::null_mut()) } != 0 {
+    }
+}
+
+/// Sets `ITIMER_PROF`; the timer it replaced.
+fn set_timer(timer: libc::itimerval) -> std::io::Result<libc::itimerval> {
+    let mut old = STOPPED;
+    // SAFETY: valid `itimerval`s, the old one written by the kernel.
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &timer, &mut old) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(old)
 }
 
 /// Records the blocklisted objects' segments for the handler (outside it: this walks the
@@ -330,8 +370,10 @@ fn find_blocked_ranges() {
         count: 0,
         lock_free_unwinder: unwinder_is_lock_free(),
     };
-    // SAFETY: the callback has the right signature and only reads what the loader hands it.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut Found).cast()) };
+    crate::symbolize::walking_loader_list(|| {
+        // SAFETY: the callback has the right signature and only reads what the loader hands it.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut Found).cast()) }
+    });
     for range in &BLOCKED[found.count..] {
         range.0.store(0, Ordering::Relaxed);
         range.1.store(0, Ordering::Relaxed);

@@ -44,7 +44,10 @@ thread_local! {
 static FORK_HOOKS: Hooks = Hooks {
     take: |_| {
         RAISED.store(true, Ordering::SeqCst);
-        while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+        // The forking thread's own unwind, if the fork came from inside it (a handler that
+        // forks, interrupting the CPU sampler's walk), ends only after the fork.
+        let own = usize::from(IN_FLIGHT_HERE.with(Cell::get));
+        while IN_FLIGHT.load(Ordering::SeqCst) > own {
             std::thread::yield_now();
         }
     },

@@ -256,6 +256,16 @@ impl CachedNames {
     }
 }
 
+/// Runs `walk` (a walk of the loader's list: `dl_iterate_phdr`) holding the lock the fork
+/// handlers take, so no fork lands while the list's lock is held (glibc does not reset it in a
+/// child). `walk` must not walk the list through heapwatch's other functions (the lock is not
+/// reentrant).
+#[cfg(feature = "cpu")]
+pub(crate) fn walking_loader_list<T>(walk: impl FnOnce() -> T) -> T {
+    let _walking = modules::walking_loader();
+    walk()
+}
+
 /// The objects loaded now, described as pprof mappings describe them: what a dump written
 /// without the symbolizer keeps at hand (walking the loader's list allocates a little, so the
 /// watch takes it while memory is ample, not at the dump).

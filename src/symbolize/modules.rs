@@ -55,7 +55,7 @@ impl Module {
 static WALKING_LOADER: crate::fork::HeldAcrossFork<Mutex<()>> =
     crate::fork::HeldAcrossFork::new(crate::fork::Rank::Loader, &FORK_HOOKS, Mutex::new(()));
 
-fn walking_loader() -> MutexGuard<'static, ()> {
+pub(super) fn walking_loader() -> MutexGuard<'static, ()> {
     WALKING_LOADER
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
