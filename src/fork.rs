@@ -79,6 +79,9 @@ pub(crate) enum Rank {
     CpuSession,
     /// The one heap delta's claim (`http`): no lock; its child hook frees it.
     HeapDelta,
+    /// The pages' response budget (`http`): no lock; its child hook forgets the reservations
+    /// of the parent's renders, which the child does not run.
+    ResponseBudget,
     /// The built-in listener's record of its open client connections (`http`), held while one
     /// is accepted and recorded or forgotten and closed; its child hook closes the child's
     /// copies.
@@ -117,6 +120,7 @@ impl Rank {
     pub(crate) const ALL: [Rank; RANKS] = [
         Rank::CpuSession,
         Rank::HeapDelta,
+        Rank::ResponseBudget,
         Rank::HttpClients,
         Rank::LeakChecks,
         Rank::Plumbing,
@@ -136,7 +140,7 @@ impl Rank {
     }
 }
 
-const RANKS: usize = 14;
+const RANKS: usize = 15;
 
 /// What the fork handlers do with one module's locks. A `static` of the module's, named by its
 /// [`HeldAcrossFork`] locks.
@@ -538,6 +542,7 @@ mod tests {
             [
                 Rank::CpuSession,
                 Rank::HeapDelta,
+                Rank::ResponseBudget,
                 Rank::HttpClients,
                 Rank::LeakChecks,
                 Rank::Plumbing,

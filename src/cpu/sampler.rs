@@ -387,20 +387,30 @@ fn find_blocked_ranges() {
 /// provides it. Read once from libgcc's file; no libgcc found (a static unwinder), or one that
 /// cannot be read: no.
 fn unwinder_is_lock_free() -> bool {
-    static LOCK_FREE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LOCK_FREE.get_or_init(|| {
-        crate::symbolize::loaded_module_infos()
-            .into_iter()
-            .find(|module| {
-                module
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|file| file.starts_with("libgcc_s"))
-            })
-            .and_then(|module| imports_dl_find_object(std::path::Path::new(&module.path)))
-            .unwrap_or(false)
-    })
+    // An atomic, not a `OnceLock`: a child forked while another thread decides would find a
+    // `OnceLock` initializing for ever and wait on it; here it decides again.
+    const UNDECIDED: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static LOCK_FREE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
+    match LOCK_FREE.load(Ordering::Acquire) {
+        NO => return false,
+        YES => return true,
+        _ => {}
+    }
+    let lock_free = crate::symbolize::loaded_module_infos()
+        .into_iter()
+        .find(|module| {
+            module
+                .path
+                .rsplit('/')
+                .next()
+                .is_some_and(|file| file.starts_with("libgcc_s"))
+        })
+        .and_then(|module| imports_dl_find_object(std::path::Path::new(&module.path)))
+        .unwrap_or(false);
+    LOCK_FREE.store(if lock_free { YES } else { NO }, Ordering::Release);
+    lock_free
 }
 
 /// Whether the object's file names `_dl_find_object` (its dynamic string table holds the

@@ -18,6 +18,22 @@ pub(crate) const RETRY_AFTER_SECONDS: u32 = 1;
 static BUDGET_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_RESPONSE_BUDGET_BYTES);
 static RESERVED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
+/// A forked child runs none of its parent's renders: their reservations would hold its budget
+/// for good. A reservation the forking thread itself held is given back saturating, so it
+/// cannot wrap the count.
+static FORK_HOOKS: crate::fork::Hooks = crate::fork::Hooks {
+    take: |_| {},
+    release: |_| {},
+    in_child: Some(|_| RESERVED_BYTES.store(0, Ordering::Release)),
+};
+
+/// Gives `bytes` back, never below zero (see [`FORK_HOOKS`]).
+fn give_back(bytes: usize) {
+    let _ = RESERVED_BYTES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+        Some(held.saturating_sub(bytes))
+    });
+}
+
 /// Sets the process-wide budget for the memory pages spend answering (default
 /// [`DEFAULT_RESPONSE_BUDGET_BYTES`]) and returns the previous one. Reservations already held
 /// are kept; new ones must fit under the new budget.
@@ -50,6 +66,7 @@ pub(crate) struct Reservation {
 impl Reservation {
     /// `bytes` of the budget, or `None` if they do not fit beside what others hold.
     pub(crate) fn take(bytes: usize) -> Option<Reservation> {
+        crate::fork::register(crate::fork::Rank::ResponseBudget, &FORK_HOOKS);
         let mut reservation = Reservation { bytes: 0 };
         reservation.grow(bytes).then_some(reservation)
     }
@@ -71,14 +88,14 @@ impl Reservation {
     /// Gives back all but `bytes` of the reservation (what a rendered body still holds).
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let given_back = self.bytes.saturating_sub(bytes);
-        RESERVED_BYTES.fetch_sub(given_back, Ordering::AcqRel);
+        give_back(given_back);
         self.bytes -= given_back;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        RESERVED_BYTES.fetch_sub(self.bytes, Ordering::AcqRel);
+        give_back(self.bytes);
     }
 }
 
