@@ -18,16 +18,7 @@ pub fn to_pprof(profile: &Profile) -> proto::Profile {
         out.sample.push(proto::Sample {
             location_id: sample.locations.iter().map(|&l| l as u64 + 1).collect(),
             value: sample.values.to_vec(),
-            label: sample
-                .labels
-                .iter()
-                .map(|(key, value)| proto::Label {
-                    key: strings.id(key),
-                    str: strings.id(value),
-                    num: 0,
-                    num_unit: 0,
-                })
-                .collect(),
+            label: string_labels(&sample.labels, &mut strings),
         });
     }
     out.string_table = strings.into_table();
@@ -107,19 +98,11 @@ pub(crate) fn write_pprof_split<W: Write>(
             .extend(stack.locations.iter().map(|&l| l as u64 + 1));
         message.value.clear();
         message.value.extend_from_slice(&sample.values);
-        message
-            .label
-            .clone_from(labels.entry(sample.span).or_insert_with(|| {
-                labels_of(sample.span)
-                    .iter()
-                    .map(|(key, value)| proto::Label {
-                        key: strings.id(key),
-                        str: strings.id(value),
-                        num: 0,
-                        num_unit: 0,
-                    })
-                    .collect()
-            }));
+        message.label.clone_from(
+            labels
+                .entry(sample.span)
+                .or_insert_with(|| string_labels(&labels_of(sample.span), &mut strings)),
+        );
         buffer.clear();
         // Field 2 of `Profile`: `repeated Sample sample`.
         prost::encoding::message::encode(2, &message, &mut buffer);
@@ -256,6 +239,19 @@ impl StringTable {
         self.id("");
         self.table
     }
+}
+
+/// pprof string labels of key and value pairs, their texts interned in `strings`.
+fn string_labels(pairs: &[(String, String)], strings: &mut StringTable) -> Vec<proto::Label> {
+    pairs
+        .iter()
+        .map(|(key, value)| proto::Label {
+            key: strings.id(key),
+            str: strings.id(value),
+            num: 0,
+            num_unit: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]
