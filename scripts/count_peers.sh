@@ -7,7 +7,7 @@
 #   REPEATS=5 CPU=1 scripts/count_peers.sh
 #
 # Each example times every function in 11 rounds of measured and bare iterations, in thread CPU
-# time, and prints the medians (examples/count_peers/timing.rs). The four processes run one at a
+# time, and prints the medians (tools/count_peers/timing.rs). The four processes run one at a
 # time, never side by side (they would share the cores they are timed on), and the whole set is
 # repeated REPEATS times in rotation. Each cell is the lowest of its repetitions' medians: on a
 # small shared VM whole processes run slow (up to 2x, every function alike, whichever tool:

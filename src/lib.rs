@@ -1,26 +1,55 @@
-//! # heapwatch
+//! A flight recorder for the heap of a Rust service.
 //!
-//! A flight recorder for the heap. Installed as the `#[global_allocator]`, heapwatch counts
-//! every allocation exactly and samples a few with their stacks, so that at any moment it can
-//! say what holds the process's memory, and write it down as a pprof heap profile and a
-//! flamegraph before the kernel's OOM killer takes the evidence away.
+//! Installed as the `#[global_allocator]`, heapwatch counts every allocation exactly and samples
+//! a few with their stacks, so that at any moment it can say what holds the process's memory.
+//! It watches the container's memory limit and writes a pprof heap profile, a flamegraph and a
+//! JSON summary **before** the kernel's OOM killer takes the evidence away; it tells a leak from
+//! a spike from a limit that is too low; and it serves Prometheus metrics and
+//! `/debug/pprof/heap`, so `go tool pprof`, Prometheus, Parca and Pyroscope read it unmodified.
 //!
-//! ## Quick start
+//! The guide (`docs/` in the repository) covers set-up, reading profiles, Kubernetes, the
+//! measurements and every setting; this page is the map of the API.
+//!
+//! # Quick start
 //!
 //! ```
 //! #[global_allocator]
 //! static ALLOC: heapwatch::Alloc<std::alloc::System> = heapwatch::Alloc::new(std::alloc::System);
 //!
-//! # fn main() -> std::io::Result<()> {
-//! let profile = heapwatch::snapshot();
-//! heapwatch::encode::write_pprof(&profile, std::fs::File::create(std::env::temp_dir().join("heap.pb.gz"))?)?;
-//! # Ok(()) }
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let blobs: Vec<Vec<u8>> = (0..64).map(|_| vec![0; 64 << 10]).collect();
+//!     println!("{} bytes live", heapwatch::stats().live_bytes);
+//!     let profile = heapwatch::snapshot();
+//!     let file = std::fs::File::create(std::env::temp_dir().join("heap.pb.gz"))?;
+//!     heapwatch::encode::write_pprof(&profile, file)?; // go tool pprof -top heap.pb.gz
+//!     drop(blobs);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! Over jemalloc (feature `jemalloc`, on by default):
-//! `static ALLOC: heapwatch::Alloc<heapwatch::Jemalloc> = heapwatch::Alloc::new(heapwatch::Jemalloc);`
+//! `static ALLOC: heapwatch::Alloc<heapwatch::Jemalloc> = heapwatch::Alloc::new(heapwatch::Jemalloc);`.
+//! Build releases with `debug = "line-tables-only"` so that inlined functions are named.
 //!
-//! ## What is measured
+//! # What it does, and where
+//!
+//! | capability | API |
+//! |---|---|
+//! | count every heap byte and block, exactly, per thread | [`Alloc`], [`stats`], [`HeapStats`] |
+//! | sample allocations with their stacks (unbiased, one per 512 KiB by default) | [`set_sample_rate`], [`set_stack_capture`], [`StackCapture`] |
+//! | a live-heap profile with named, inlined frames | [`snapshot`], [`Profile`], [`set_plumbing`] |
+//! | write it as pprof, folded stacks, flamegraphs, text | [`encode`]; read one back with [`decode`] |
+//! | watch the cgroup limit and dump before the OOM kill | [`watch::Watch`], [`published`] |
+//! | tell a leak from a spike from a limit too low | [`detect`] |
+//! | metrics through the `metrics` facade | [`metrics_export`] |
+//! | heap by `tracing` span | [`SpanLayer`] (feature `tracing`), [`spans`] |
+//! | an HTTP listener and an axum router: metrics, pprof, flamegraphs, dumps | [`http::Server`] (feature `http`), [`http::router`] (feature `axum`) |
+//! | CPU profiles | [`cpu::profile`] (feature `cpu`) |
+//! | exact allocation figures and budgets in tests | [`measure()`], [`assert_allocations!`], [`check_allocations`] |
+//! | leak checks in tests | [`leak_check::assert_no_leak`] |
+//! | criterion measurements and a heap profiler for benchmarks | [`bench`](mod@bench) (feature `criterion`) |
+//!
+//! # How it measures
 //!
 //! * **Exact counters** ([`stats`]): live bytes and blocks, and totals allocated and freed. Kept
 //!   per thread on cache lines no other thread writes, summed when read.
@@ -34,13 +63,16 @@
 //!   `alloc_space` (everything allocated since start, freed or not), `inuse_objects` and
 //!   `inuse_space` (what is live now: the usual question when memory runs out).
 //!
-//! ## Costs
+//! # Costs
 //!
-//! An unsampled allocation costs a thread-local countdown and two counter updates; an unsampled
-//! free costs one load from a 128 KiB filter of sampled addresses. Only sampled allocations
-//! (one per `R` bytes) capture a stack and take a lock. heapwatch's own memory (tables, stacks,
-//! symbol cache) comes from the C allocator directly and is reported by [`profiler_stats`]; it
-//! grows with the number of live samples and distinct stacks, not with the heap.
+//! An unsampled allocation costs a thread-local countdown and two counter updates on the
+//! thread's own cache line; an unsampled free tests its address against a mask on that same line
+//! (sampled blocks are placed at 4 KiB boundaries, so most frees are told apart by their address
+//! alone) and only blocks at such a boundary consult a bitmap of sampled addresses. Only sampled
+//! allocations (one per `R` bytes) capture a stack and take a lock. heapwatch's own memory
+//! (tables, stacks, symbol cache) comes from the C allocator directly and is reported by
+//! [`profiler_stats`]; it grows with the number of live samples and distinct stacks, not with
+//! the heap.
 //!
 //! Addresses are named once and cached. Where the binary has DWARF line tables (build with
 //! `debug = "line-tables-only"` or more; a separate debug file found by build id or
@@ -49,31 +81,11 @@
 //! allocation machinery is cut from the leaf end of each stack, and where one culprit is named
 //! the [`Plumbing`] libraries are passed over.
 //!
-//! ## In tests and benchmarks
+//! # Features
 //!
-//! [`measure()`] gives the exact allocation figures of a closure on the calling thread (blocks,
-//! bytes, reallocs, frees, peak, held); [`assert_allocations!`] holds a closure to a budget and
-//! names the functions that allocated; [`leak_check`] fails a test whose heap keeps growing.
-//! With the feature `criterion`, `heapwatch::bench` has criterion measurements of bytes and
-//! blocks per iteration and a heap profiler for `cargo bench -- --profile-time`.
-//!
-//! ## Heap by tracing span
-//!
-//! With the feature `tracing` (on by default), `SpanLayer` is a `tracing_subscriber` layer
-//! that tags each sampled allocation with the span it was made in (its name and the fields you
-//! select, such as `route`): pprof labels for `go tool pprof -tags`/`-tagfocus`, live heap by
-//! span in the report and the dumps, leak suspects with the span that grew, flamegraphs rooted
-//! at spans ([`spans::rooted_at_spans`]) and `heapwatch_heap_span_live_bytes`. See [`spans`].
-//!
-//! ## Outputs
-//!
-//! [`encode`] turns a profile into gzip-compressed pprof (`go tool pprof`, Parca, Pyroscope),
-//! folded stacks, a flamegraph SVG (feature `flamegraph`), a text summary and Go's legacy text
-//! heap format. With the feature `cpu`, `heapwatch::cpu` takes CPU profiles (heapwatch's
-//! own sampler, names and encoder), which the listener serves at
-//! `/debug/pprof/profile?seconds=N`.
-
+#![doc = document_features::document_features!()]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod alloc;
 #[cfg(feature = "criterion")]
@@ -83,6 +95,8 @@ mod counters;
 pub mod cpu;
 pub mod decode;
 pub mod detect;
+#[cfg(doctest)]
+mod doc_tests;
 mod early_wake;
 pub mod encode;
 mod filter;

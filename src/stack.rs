@@ -1,6 +1,6 @@
 //! Stack capture for sampled allocations.
 //!
-//! Four modes, chosen by [`set_stack_capture`] (figures: `examples/sample_cost.rs`, a whole
+//! Four modes, chosen by [`set_stack_capture`] (figures: `tools/sample_cost.rs`, a whole
 //! sample, capture plus table insert and free, on this project's 2-vCPU VM):
 //!
 //! * **Unwinder**: unwinds by the DWARF-CFI tables, so it is correct for any code, frame

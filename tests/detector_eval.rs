@@ -1,12 +1,12 @@
 //! The detector against the targets, on synthetic series (a smaller run of
-//! `examples/detector_eval.rs`, whose full table is in the README): recall ≥ 99 % for leaks of
+//! `tools/detector_eval.rs`, whose full table is in the guide): recall ≥ 99 % for leaks of
 //! at least 0.5 % of the limit per minute within 10 simulated minutes (≥ 97 % with spikes or
 //! sawtooth caches on top); at most 1 % `leak` verdicts over 24 simulated hours of spike-only
 //! and sawtooth-only series; `limit_too_low` and `spike` told apart on their own series.
 //!
 //! Frame-pointer pass: not needed — synthetic series; no stack is captured.
 
-#[path = "../examples/detector_eval.rs"]
+#[path = "../tools/detector_eval.rs"]
 mod eval;
 
 use eval::{false_rate, recall, Shape};

@@ -3,7 +3,7 @@
 //! A global allocator is chosen per binary, so each configuration family is one bench binary
 //! that calls [`main`] with its configurations. Criterion stores results as
 //! `target/criterion/<workload>/<configuration>/`; `scripts/bench.sh` runs the binaries in
-//! alternating rounds and `examples/bench_table.rs` prints them side by side as ratios to bare
+//! alternating rounds and `tools/bench_table.rs` prints them side by side as ratios to bare
 //! jemalloc.
 //!
 //! With `HEAPWATCH_BENCH_PEAK_RSS=<configuration>/<workload>` a binary runs that one realistic

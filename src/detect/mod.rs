@@ -1,7 +1,7 @@
 //! Telling a leak from a spike from a limit that is too low, in the process, with evidence.
 //!
 //! The watch thread feeds every tick into a [`SeriesStore`] (fixed memory, three resolutions),
-//! and [`classify`] walks the seed's decision tree on the last window of it: the heap's floor
+//! and [`classify`] walks the OOM decision tree on the last window of it: the heap's floor
 //! (windowed minima) is tracked apart from its peaks; a floor that rises significantly
 //! (Mann–Kendall) at a meaningful rate (Theil–Sen) is a `leak`, peaks that return to a flat
 //! floor are a `spike`, a flat floor near the limit is `limit_too_low`, a flat heap under rising
@@ -12,7 +12,7 @@
 //! Pure: series in, verdicts and suspects out. The watch feeds it its readings and publishes
 //! what it says (see [`crate::published`]); nothing here reads `/proc`, the allocator or any
 //! global state, so the same machinery is usable offline on any series: see
-//! `examples/detector_eval.rs`.
+//! `tools/detector_eval.rs`.
 
 mod series;
 mod suspects;

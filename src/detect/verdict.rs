@@ -1,4 +1,4 @@
-//! The seed's decision tree, walked on a window of the series: is the floor rising (a leak), do
+//! The OOM decision tree, walked on a window of the series: is the floor rising (a leak), do
 //! peaks come and go over a flat floor (a spike), is a flat floor close to the limit (the limit
 //! is too low), or is the heap flat while resident memory rises (fragmentation)?
 //!
@@ -44,7 +44,7 @@ impl VerdictKind {
         }
     }
 
-    /// What to do about it, as the seed's decision tree says.
+    /// What to do about it: the usual remedy for this kind of memory growth.
     pub fn advice(self) -> &'static str {
         match self {
             VerdictKind::Unknown => "not enough data yet",

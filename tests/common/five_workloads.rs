@@ -1,6 +1,6 @@
 //! The five workloads that heapwatch, dhat and stats_alloc count side by side: the agreement
 //! test (`tests/counts_agree.rs`) counts one call of each with all three at once, and the timing
-//! examples (`examples/count_peers/`) time them under each counter alone. Included by `#[path]`,
+//! examples (`tools/count_peers/`) time them under each counter alone. Included by `#[path]`,
 //! so both see the very same code.
 //!
 //! Each shape exercises a different mix of the allocator's calls: `Vec` growth is one `alloc`

@@ -1,4 +1,4 @@
-//! Evaluates the leak detector on synthetic series and prints the table the README carries.
+//! Evaluates the leak detector on synthetic series and prints the tables of the guide's page on verdicts (docs/verdicts.md).
 //!
 //! Each series is one reading per simulated second under a 1 GiB limit: a base level, noise
 //! (AR(1), σ = 0.5 % of the limit), and one or more of: a leak of a given rate, traffic spikes
