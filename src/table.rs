@@ -642,7 +642,8 @@ pub struct ProfilerStats {
     pub profiler_bytes: u64,
     /// The symbolizer's heap: symbol indexes, names and address cache (part of
     /// `profiler_bytes`), and the DWARF units parsed to name inlined frames (allocated through
-    /// the global allocator by the DWARF reader, so counted in the heap figures as well).
+    /// the global allocator by the DWARF reader, then taken out of [`stats`](crate::stats)
+    /// so that the heap figures show the program's heap only).
     pub symbol_cache_bytes: u64,
 }
 

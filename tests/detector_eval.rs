@@ -20,7 +20,7 @@ fn main() {
             let row = recall(rate, noisy, 100, 600, &config);
             println!("{}: {} {:.1} %", row.label, row.figure, 100.0 * row.value);
             // Leaks with noise: ≥ 99 %. With spikes or sawtooth caches on top the detector is
-            // held to 97 %: it measures 98.5 % on 200 series (README), the price of keeping
+            // held to 97 %: it measures 98.5 % on 200 series (docs/verdicts.md), the price of keeping
             // false leak verdicts on spike and sawtooth series well under 1 %.
             let target = if noisy { 0.97 } else { 0.99 };
             if row.value < target {

@@ -1,4 +1,5 @@
-//! Evaluates the leak detector on synthetic series and prints the tables of the guide's page on verdicts (docs/verdicts.md).
+//! Evaluates the leak detector on synthetic series and prints the tables of the guide's page
+//! on verdicts (docs/verdicts.md).
 //!
 //! Each series is one reading per simulated second under a 1 GiB limit: a base level, noise
 //! (AR(1), σ = 0.5 % of the limit), and one or more of: a leak of a given rate, traffic spikes
@@ -304,7 +305,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let (leak_series, day_series) = if quick { (50, 2) } else { (200, 10) };
     let mut config = DetectorConfig::default();
-    // Overrides for exploring the settings (the README's table uses the defaults).
+    // Overrides for exploring the settings (the guide's table uses the defaults).
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(s) = env("EVAL_FLOOR_S") {
         config.floor_window = std::time::Duration::from_secs_f64(s);

@@ -18,7 +18,8 @@ pub struct CpuProfile {
     pub samples_per_second: u32,
     /// Samples the sampler took but could not count: the stack was one more than its table
     /// holds (4,096 distinct stacks a session), or the thread was interrupted in code it never
-    /// walks (libc, libgcc, the dynamic loader, the vDSO: see the `cpu` module). Not in
+    /// walks (libgcc, the dynamic loader, the vDSO, and libc with an older libgcc: see the
+    /// `cpu` module). Not in
     /// [`samples`](CpuProfile::samples).
     pub lost_samples: u64,
     /// One entry per distinct stack and thread, heaviest first.

@@ -23,9 +23,12 @@
 //!
 //! # What is not sampled
 //! The handler walks the interrupted thread's stack with libgcc's unwinder, which is not
-//! reentrant and takes the loader's lock: a thread interrupted inside libc, libgcc,
-//! libpthread, the dynamic loader or the vDSO is not walked (its sample is counted lost), so
-//! time spent inside libc (`memcpy`, `malloc`'s own code) is under-reported.
+//! reentrant: a thread interrupted inside libgcc, the dynamic loader or the vDSO is not walked
+//! (its sample is counted lost). Inside libc and libpthread it is walked when the loaded
+//! libgcc finds unwind tables with glibc's lock-free `_dl_find_object` (glibc 2.35 and a
+//! libgcc of GCC 12 or later); an older libgcc takes the loader's lock to search, so those
+//! samples are lost too, and time spent inside libc (`memcpy`, `malloc`'s own code) is then
+//! under-reported.
 //!
 //! # Across fork
 //! A child forked while its parent profiles starts with the sampler free: it can take its own

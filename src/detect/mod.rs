@@ -144,7 +144,7 @@ mod tests {
         (first, leak)
     }
 
-    // The figures the README gives for the defaults: half the 10-minute window before any
+    // The figures the guide (docs/verdicts.md) gives for the defaults: half the 10-minute window before any
     // verdict, and the 30 s a leak must hold on top for a leak.
     #[test]
     fn first_verdict_after_five_minutes_first_leak_after_five_and_a_half() {

@@ -20,7 +20,7 @@
 //! [`stats`](crate::stats), which sums all threads.
 //!
 //! **Cost.** Opening and closing a scope reads the thread's counters (about 9 ns, see the
-//! README's figures). Inside a scope every allocation of the thread takes the allocator's slow
+//! guide's performance page). Inside a scope every allocation of the thread takes the allocator's slow
 //! path, which keeps the scope's peak (about 10 ns more per allocation); frees cost what they
 //! always do. Outside scopes nothing changes.
 //!

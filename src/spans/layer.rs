@@ -26,7 +26,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// one overflow tag, so select fields with few values (routes, tenants), not request ids.
 ///
 /// Costs nothing on allocations that are not sampled: a sampled one reads one thread-local.
-/// Entering and leaving a span each set that thread-local (see the README for the measured cost).
+/// Entering and leaving a span each set that thread-local (measured cost: the guide's
+/// performance page, `docs/performance.md`).
 ///
 /// ```
 /// use tracing_subscriber::prelude::*;

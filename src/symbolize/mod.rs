@@ -6,7 +6,8 @@
 //! qualified ([`qualify`]) with its file and line ([`dwarf`], feature `dwarf`, on by default).
 //! Otherwise — and always for the outermost, non-inlined frame — names come from the object's
 //! ELF symbol table ([`elf`]). Memory is bounded: ~24 bytes per function symbol, the names
-//! seen, and the DWARF units that stacks touched, capped (see README for measured figures).
+//! seen, and the DWARF units that stacks touched, capped (measured figures: the guide's
+//! performance page, `docs/performance.md`).
 //!
 //! Runs on the thread that takes the snapshot, never on the allocation path.
 
@@ -360,7 +361,7 @@ pub(crate) fn symbolize(addresses: &[u64]) -> (Vec<ModuleInfo>, Vec<NamedFrame>)
     drop(symbolizer);
     let held = first.then_some(held);
     if let Some(held) = held {
-        // What naming costs this binary, once: operators and the README quote it.
+        // What naming costs this binary, once: operators and the guide quote it.
         tracing::info!(
             addresses = addresses.len(),
             millis = started.elapsed().as_millis() as u64,

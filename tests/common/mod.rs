@@ -247,7 +247,7 @@ pub struct Screenshot {
 }
 
 /// Renders `url` in headless Chromium at `window` (`"W,H"`) into `dir/name`, decodes it and, when
-/// `HEAPWATCH_SCREENSHOT_DIR` is set, copies it there (that is how the README's pictures are made).
+/// `HEAPWATCH_SCREENSHOT_DIR` is set, copies it there (that is how the guide's pictures are made).
 /// Panics, saying what to install, when Chromium is missing.
 pub fn chromium_screenshot(url: &str, window: &str, dir: &Path, name: &str) -> Screenshot {
     let shot = dir.join(name);
