@@ -1,4 +1,4 @@
-//! The detector against the targets, on synthetic series (a smaller run of
+//! The detector against its quality bars, on synthetic series (a smaller run of
 //! `tools/detector_eval.rs`, whose full table is in the guide): recall ≥ 99 % for leaks of
 //! at least 0.5 % of the limit per minute within 10 simulated minutes (≥ 97 % with spikes or
 //! sawtooth caches on top); at most 1 % `leak` verdicts over 24 simulated hours of spike-only

@@ -336,7 +336,7 @@ fn main() {
     }
     let cases = [
         (
-            "spikes only, base 20–50 %",
+            "spikes only, base 35 %",
             Shape {
                 base: 0.35,
                 spikes: true,
@@ -345,7 +345,7 @@ fn main() {
             VerdictKind::Leak,
         ),
         (
-            "sawtooth only, base 20–50 %",
+            "sawtooth only, base 35 %",
             Shape {
                 base: 0.35,
                 sawtooth: true,
