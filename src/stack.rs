@@ -406,7 +406,7 @@ unsafe fn walk_within(
     high: usize,
 ) -> usize {
     let mut depth = 0;
-    while depth < MAX_FRAMES && fp >= low && fp % std::mem::align_of::<usize>() == 0 {
+    while depth < MAX_FRAMES && fp >= low && fp.is_multiple_of(std::mem::align_of::<usize>()) {
         let Some(end) = fp.checked_add(2 * std::mem::size_of::<usize>()) else {
             break;
         };

@@ -387,7 +387,7 @@ fn walk(
     let (low, high) = (sp, top as u64);
     let mut read_stack = |address: u64| -> Result<u64, ()> {
         let in_bounds = address >= low
-            && address % 8 == 0
+            && address.is_multiple_of(8)
             && address.checked_add(8).is_some_and(|end| end <= high);
         if !in_bounds {
             return Err(());
