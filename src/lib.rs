@@ -144,7 +144,7 @@ pub use snapshot::{snapshot, OVERFLOW_FRAME};
 pub use spans::SpanLayer;
 #[doc(hidden)]
 pub use stack::{
-    __compare_unwinders, __fence_libgcc_unwinds, __unwinder_disagreements,
+    __compare_unwinders, __fence_libgcc_unwinds, __unwinder_disagreements, __unwinder_samples_here,
     Comparison as __UnwinderComparison,
 };
 pub use stack::{set_stack_capture, stack_capture, StackCapture, MAX_FRAMES};

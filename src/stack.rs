@@ -149,9 +149,10 @@ pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
 /// The caching unwinder, or libgcc's where it gives up.
 #[inline(never)]
 fn unwind_cached(frames: &mut [usize; MAX_FRAMES]) -> usize {
+    count_unwinder_sample(|(samples, libgcc)| (samples + 1, libgcc));
     match cached::unwind(frames, HOST) {
         Some(depth) => depth,
-        None => unwind(frames),
+        None => unwind_counted(frames),
     }
 }
 
@@ -161,8 +162,33 @@ const HOST: cached::Host = cached::Host {
         Some(Stack::Own { top }) => Some(top),
         _ => None,
     },
-    libgcc: unwind,
+    libgcc: unwind_counted,
 };
+
+thread_local! {
+    /// This thread's samples taken by the caching unwinder's path, and how many of them libgcc
+    /// unwound (the cached walk gave up, or its chain was being confirmed). Const-initialised,
+    /// no destructor, touched only on the sampled path: a test's measure, not a cost.
+    static UNWINDER_SAMPLES: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+fn count_unwinder_sample(count: impl FnOnce((u64, u64)) -> (u64, u64)) {
+    let _ = UNWINDER_SAMPLES.try_with(|cell| cell.set(count(cell.get())));
+}
+
+/// libgcc's unwinder on the caching unwinder's behalf, counted.
+fn unwind_counted(frames: &mut [usize]) -> usize {
+    count_unwinder_sample(|(samples, libgcc)| (samples, libgcc + 1));
+    unwind(frames)
+}
+
+/// This thread's samples taken by the caching unwinder ([`StackCapture::Unwinder`]) so far,
+/// and how many of them libgcc's unwinder unwound (the cached walk gave up, or confirmed a
+/// chain it had not seen): test support, not API. After warm-up, nearly none should be.
+#[doc(hidden)]
+pub fn __unwinder_samples_here() -> (u64, u64) {
+    UNWINDER_SAMPLES.try_with(Cell::get).unwrap_or((0, 0))
+}
 
 #[doc(hidden)]
 pub use cached::Comparison;
@@ -176,7 +202,11 @@ pub fn __compare_unwinders() -> Comparison {
     let Some(_guard) = crate::thread_state::ProfilerGuard::enter() else {
         return Comparison::NotWalked;
     };
-    cached::compare_here(HOST)
+    // libgcc's unwinds here are no samples: not counted.
+    cached::compare_here(cached::Host {
+        libgcc: unwind,
+        ..HOST
+    })
 }
 
 /// Chains on which the caching unwinder and libgcc's disagreed since start (libgcc's was

@@ -12,8 +12,12 @@
 //! * **The objects and their unwind tables.** Not from `dl_iterate_phdr` (a lock glibc does not
 //!   reset in a forked child, and contention between sampling threads) but from glibc's
 //!   `_dl_find_object` (2.35+), which libgcc itself uses: lock-free, async-signal-safe, ~9 ns.
-//!   It gives an object's mapped range, load bias and `PT_GNU_EH_FRAME` (the `.eh_frame_hdr`
-//!   search table), which points to `.eh_frame`. An object is added the first time one of its
+//!   It gives the mapping that holds an address (the whole object if its segments are
+//!   contiguous, else that segment alone), the object's load bias and `PT_GNU_EH_FRAME` (the
+//!   `.eh_frame_hdr` search table), which points to `.eh_frame`; tables outside the mapping of
+//!   the code are checked to lie in another mapping of the same object (`FoundObject::holds`:
+//!   a build whose read-only segment is followed by a gap page, which lld leaves in some
+//!   layouts, is reported a segment at a time). An object is added the first time one of its
 //!   return addresses is met (outside the frame loop, under the write lock; it allocates).
 //!   Without `_dl_find_object` (older glibc) every stack goes to libgcc.
 //! * **Validity (`dlclose`).** framehop reads an object's tables in place, so they must still be
@@ -316,7 +320,7 @@ fn walk_adding_objects(
                 let ((), grown) = measured(|| {
                     let modules = modules.get_or_insert_with(Modules::new);
                     if let Some(found) = found {
-                        modules.add(found);
+                        modules.add(found, find);
                     }
                 });
                 crate::thread_state::hold_for_profiler(grown.0, grown.1);
@@ -477,7 +481,7 @@ impl Modules {
     }
 
     /// Adds `found`, dropping the objects it replaces (unloaded, their range reused).
-    fn add(&mut self, found: FoundObject) {
+    fn add(&mut self, found: FoundObject, find: DlFindObject) {
         let overlaps = |known: &KnownObject| known.start < found.end && found.start < known.end;
         for known in self.known.iter().filter(|known| overlaps(known)) {
             if known.usable {
@@ -485,7 +489,7 @@ impl Modules {
             }
         }
         self.known.retain(|known| !overlaps(known));
-        let sections = found.sections();
+        let sections = found.sections(find);
         if let Some(sections) = &sections {
             let svma = |range: &Range<usize>| {
                 (range.start as u64).wrapping_sub(found.bias)
@@ -533,7 +537,8 @@ impl Deref for LoadedBytes {
             return &[];
         }
         // SAFETY: the range was found inside a loaded object's `PT_GNU_EH_FRAME` and
-        // `.eh_frame` (`FoundObject::sections`). framehop reads a module's tables only to
+        // `.eh_frame`, within mappings of that object (`FoundObject::sections`), which stay
+        // mapped as long as the object is loaded. framehop reads a module's tables only to
         // unwind a frame of that module, and every walk first checks that the object is the
         // one loaded now (`Modules::validate`): an object with code on the stack being walked
         // stays loaded until the walk ends.
@@ -571,7 +576,10 @@ fn dl_find_object() -> Option<DlFindObject> {
     (address != 1).then(|| unsafe { std::mem::transmute::<usize, DlFindObject>(address) })
 }
 
-/// A loaded object, as `_dl_find_object` reports it.
+/// A loaded object, as `_dl_find_object` reports it: the mapping that holds the address asked
+/// about. That is the whole object only if its segments are contiguous; otherwise (a page left
+/// between two `PT_LOAD` segments, as the linker lays out some builds) glibc reports each
+/// segment on its own, and the one holding code is not the one holding the unwind tables.
 #[derive(Clone, Copy, Debug)]
 struct FoundObject {
     start: u64,
@@ -580,6 +588,8 @@ struct FoundObject {
     bias: u64,
     /// Its `PT_GNU_EH_FRAME` segment; 0 if none.
     eh_frame_hdr: usize,
+    /// Its `struct link_map`: tells this object's other mappings from another object's.
+    link_map: usize,
 }
 
 /// Where a loaded object's unwind tables lie.
@@ -605,27 +615,42 @@ impl FoundObject {
             end: result.map_end as u64,
             bias,
             eh_frame_hdr: result.eh_frame as usize,
+            link_map: result.link_map as usize,
         })
+    }
+
+    /// Whether `[at, at + bytes)` lies in one mapping of this object: the one found, or the one
+    /// the loader reports for `at` if it belongs to the same object (the object's segments are
+    /// not contiguous: its `.eh_frame_hdr` and `.eh_frame` lie in a read-only segment, its code
+    /// in another). A mapping of the object stays mapped as long as the object.
+    fn holds(&self, at: usize, bytes: usize, find: DlFindObject) -> bool {
+        let Some(end) = (at as u64).checked_add(bytes as u64) else {
+            return false;
+        };
+        let within = |start: u64, stop: u64| start <= at as u64 && end <= stop;
+        within(self.start, self.end)
+            || FoundObject::containing(at as u64, find).is_some_and(|other| {
+                other.link_map == self.link_map && within(other.start, other.end)
+            })
     }
 
     /// Finds `.eh_frame_hdr` and `.eh_frame` from the `PT_GNU_EH_FRAME` segment alone. Only
     /// the encodings every x86_64 linker writes are read (`.eh_frame` pointer pc-relative,
     /// count unsigned, table relative to the header, all 4-byte); others give `None`. The end
     /// of `.eh_frame` is the end of its last FDE (its CIEs come before the FDEs that use them).
-    fn sections(&self) -> Option<Sections> {
+    fn sections(&self, find: DlFindObject) -> Option<Sections> {
         const VERSION: u8 = 1;
         const PCREL_SDATA4: u8 = 0x1b;
         const UDATA4: u8 = 0x03;
         const DATAREL_SDATA4: u8 = 0x3b;
         let hdr = self.eh_frame_hdr;
-        let inside = |at: usize, bytes: usize| {
-            at as u64 >= self.start && (at as u64).saturating_add(bytes as u64) <= self.end
-        };
+        let inside = |at: usize, bytes: usize| self.holds(at, bytes, find);
         if hdr == 0 || !inside(hdr, 12) {
             return None;
         }
         // SAFETY: the 12 bytes lie in the object's `PT_GNU_EH_FRAME` segment (the loader
-        // reported it), which is mapped with the object; read unaligned, as they may be.
+        // reported it), within a mapping of the object (`holds`); read unaligned, as they may
+        // be.
         let read_u32 = |at: usize| unsafe { (at as *const u32).read_unaligned() };
         // SAFETY: as above.
         let header = unsafe { (hdr as *const [u8; 4]).read() };
@@ -778,9 +803,40 @@ mod tests {
         let here = finds_this_objects_tables as *const () as u64;
         let found = FoundObject::containing(here, find).expect("this test's object");
         assert!(found.start <= here && here < found.end);
-        let sections = found.sections().expect("its .eh_frame_hdr and .eh_frame");
+        let sections = found
+            .sections(find)
+            .expect("its .eh_frame_hdr and .eh_frame");
         assert!(sections.eh_frame_hdr.len() >= 12);
         assert!(sections.eh_frame.len() > 4);
         assert_eq!(FoundObject::containing(8, find).map(|f| f.start), None);
+    }
+
+    #[test]
+    fn finds_the_tables_outside_the_mapping_of_the_code() {
+        // An object whose segments are not contiguous is reported a segment at a time: for a
+        // return address, only the mapping of its code, which does not hold `.eh_frame_hdr`
+        // (lld, for one, puts it in the read-only segment before the code). The tables are
+        // still this object's: found, not given up (which sent every sample to libgcc).
+        let Some(find) = dl_find_object() else {
+            return;
+        };
+        let here = finds_the_tables_outside_the_mapping_of_the_code as *const () as u64;
+        let whole = FoundObject::containing(here, find).expect("this test's object");
+        let code_page = here & !0xfff;
+        let code_only = FoundObject {
+            start: code_page,
+            end: code_page + 0x1000,
+            ..whole
+        };
+        let hdr = whole.eh_frame_hdr as u64;
+        assert!(!(code_only.start..code_only.end).contains(&hdr));
+        let sections = code_only.sections(find).expect("the tables of the object");
+        assert_eq!(sections.eh_frame_hdr.start, whole.eh_frame_hdr);
+        // Another object's mapping does not vouch for them.
+        let elsewhere = FoundObject {
+            link_map: whole.link_map ^ 0x10,
+            ..code_only
+        };
+        assert!(elsewhere.sections(find).is_none());
     }
 }
