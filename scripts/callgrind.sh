@@ -19,7 +19,7 @@ count() {  # binary args... -> instructions per pair
     awk -v t="$total" -v n="$pairs" 'BEGIN { printf "%.1f", t / (n + 1000) }'
 }
 # The last column: at 512 KiB inside an entered tracing span with `heapwatch::SpanLayer`
-# installed (issue 16): the span tag is read only on the sampled path, so it equals the column
+# installed: the span tag is read only on the sampled path, so it equals the column
 # before it.
 echo "| size | bare jemalloc | heapwatch, sampling off | heapwatch, 512 KiB | added (off) | added (512 KiB) | 512 KiB in a span, SpanLayer |"
 echo "|---:|---:|---:|---:|---:|---:|---:|"
