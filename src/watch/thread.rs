@@ -152,6 +152,14 @@ impl Watcher {
             early_wake_at,
             ..
         } = decision;
+        if pressure {
+            // Before the dump: a set written before naming is handed to the namer at once, and
+            // the namer must already know that memory is short (else, on the first tick of
+            // pressure, it would name the set right away, loading what the dump avoided).
+            if let Some(namer) = &self.namer {
+                namer.set_pressure(true);
+            }
+        }
         if let Some(reason) = dump {
             request::clear();
             if pressure || self.naming == DumpNaming::NextInstance {
