@@ -53,7 +53,7 @@ pub fn describe() {
     describe_gauge!(
         "heapwatch_symbolizer_bytes",
         Unit::Bytes,
-        "Of heapwatch's own memory, the symbolizer's: symbol and line tables, names, cache."
+        "The symbolizer's memory: symbol tables, parsed DWARF, names, address cache."
     );
     describe_gauge!(
         "heapwatch_cgroup_limit_bytes",
